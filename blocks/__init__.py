@@ -1,0 +1,1 @@
+"""qkdflow blocks: one block per module."""

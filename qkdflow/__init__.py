@@ -1,0 +1,1 @@
+"""qkdflow: streaming decoy-state BB84 QKD blocks for 5G fronthaul."""

@@ -1,0 +1,321 @@
+"""Run one node of a flowgraph: one thread per block, ZeroMQ sockets on every edge.
+
+A block thread waits on its input sockets (only on stream inputs whose one-frame queue is
+empty, so backpressure reaches the producer), calls ``work`` when every stream input has a
+frame for the same slot range, and sends results downstream. Messages are handled as they
+arrive. End of stream travels as an explicit EOS part; a block ends when its stream inputs
+have ended and ``finished()`` says its protocol is complete. An exception in any block sets
+the node's stop flag: every thread unwinds within ``POLL_MS`` and the node reports which
+block failed and why.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from . import wire
+from .block import DONE, Block, BlockError, Frame
+from .graph import Edge, Graph
+from .transport import POLL_MS, EdgeReceiver, EdgeSender, Stopped
+
+
+@dataclass
+class BlockStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    slots: int = 0
+    items_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    work_s: float = 0.0
+
+
+@dataclass
+class NodeFailure:
+    node: str
+    block: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class NodeResult:
+    node: str
+    ok: bool
+    failure: NodeFailure | None
+    blocks: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+class BlockRunner(threading.Thread):
+    def __init__(self, node: "NodeRunner", block: Block, in_edges: list[Edge], out_edges: list[Edge]) -> None:
+        super().__init__(name=f"{node.name}:{block.name}", daemon=True)
+        self.node, self.block = node, block
+        self.in_edges, self.out_edges = in_edges, out_edges
+        self.stats = BlockStats()
+        self.error: NodeFailure | None = None
+
+    # sockets are made in the thread that uses them (ZeroMQ sockets are not thread-safe)
+    def _open(self) -> None:
+        ctx = self.node.ctx
+        for e in self.in_edges:  # receivers always bind, senders connect (any start order works)
+            self.receivers[e.index] = EdgeReceiver(ctx, e.address, True, e.queue_frames, e.dtype, e.label)
+
+    def _connect(self) -> None:
+        ctx, stop = self.node.ctx, self.node.stop
+        for e in self.out_edges:
+            sender = EdgeSender(ctx, e.connect, False, e.queue_frames, stop, with_dtype=e.dtype is None, label=e.label)
+            self.senders.setdefault(e.src_port, []).append(sender)
+
+    def run(self) -> None:
+        blk = self.block
+        self.receivers, self.senders = {}, {}
+        try:
+            try:
+                self._open()
+            finally:
+                self.node.opened()
+            self.node.bound.wait()  # every receiver is bound before anyone connects
+            self._connect()
+        except zmq.ZMQError as e:
+            self._fail(f"cannot open edge socket: {e}", "")
+            self._close()
+            return
+        try:
+            blk._emit = self._emit
+            blk.start()
+            self._loop()
+            self._send_eos(message_ports=True)
+            blk.stop()
+        except Stopped:
+            pass
+        except wire.WireError as e:
+            self._fail(str(e), "")
+        except BlockError as e:
+            self._fail(str(e), "")
+        except Exception as e:  # a bug or bad data inside a block: name it, keep the traceback for -v
+            self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for r in self.receivers.values():
+            r.close()
+        failing = self.node.stop.is_set()
+        for ss in self.senders.values():
+            for s in ss:
+                s.close(0 if failing else None)
+
+    def _fail(self, reason: str, detail: str) -> None:
+        self.error = NodeFailure(self.node.name, self.block.name, reason, detail)
+        self.node.fail(self.error)
+
+    # ---- sending --------------------------------------------------------------------------
+    def _emit(self, port: str, msg: dict) -> None:
+        if self.block.port("out", port) is None:
+            raise BlockError(f"emit on unknown output port {port!r}")
+        for s in self.senders.get(port, ()):
+            s.send_message(msg)
+            self.stats.messages_out += 1
+
+    def _send_outputs(self, outs: dict | None) -> None:
+        if not outs:
+            return
+        for port, frame in outs.items():
+            if frame is None:
+                continue
+            if not isinstance(frame, Frame):
+                raise BlockError(f"work returned {type(frame).__name__} for port {port!r}, expected a Frame")
+            senders = self.senders.get(port)
+            if senders is None and self.block.port("out", port) is None:
+                raise BlockError(f"work returned a frame for unknown output port {port!r}")
+            for s in senders or ():
+                s.send_frame(frame)
+            self.stats.frames_out += 1
+            self.stats.items_out += len(frame.data)
+
+    def _send_eos(self, message_ports: bool) -> None:
+        ports = {p.name for p in (self.block.message_outputs() if message_ports else self.block.stream_outputs())}
+        for port in ports:
+            for s in self.senders.get(port, ()):
+                s.send_eos()
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        blk, stop, st = self.block, self.node.stop, self.stats
+        stream_ports = [p.name for p in blk.stream_inputs()]
+        by_edge = {e.index: e for e in self.in_edges}
+        queues: dict[str, deque] = {p: deque() for p in stream_ports if any(e.dst_port == p for e in self.in_edges)}
+        ended: set[str] = set()
+        source = not blk.stream_inputs()
+        source_done = not source or not blk.stream_outputs()
+        streams_over = False
+        poller = zmq.Poller()
+        registered: set[int] = set()
+
+        while not stop.is_set():
+            if source and not source_done:
+                self._drain_messages(by_edge, timeout=0)
+                t0 = time.perf_counter()
+                out = blk.work({})
+                st.work_s += time.perf_counter() - t0
+                if out is DONE:
+                    source_done = True
+                else:
+                    if out:
+                        f = next((x for x in out.values() if isinstance(x, Frame)), None)
+                        if f is not None:
+                            st.slots += f.slots
+                    self._send_outputs(out)
+                continue
+            if not streams_over and (source or (queues.keys() <= ended and not any(queues.values()))):
+                streams_over = True
+                self._send_outputs(blk.end())
+                self._send_eos(message_ports=False)
+            if streams_over and blk.finished():
+                return
+            # wait on what we can take: stream inputs with room, all message inputs
+            want = {i for i, e in by_edge.items() if not self.receivers[i].ended
+                    and (e.kind == "message" or not queues.get(e.dst_port))}
+            for i in registered - want:
+                poller.unregister(self.receivers[i].sock)
+            for i in want - registered:
+                poller.register(self.receivers[i].sock, zmq.POLLIN)
+            registered = want
+            if not want:
+                if streams_over:
+                    raise BlockError("waiting for messages to finish its protocol, but every message input has ended")
+                time.sleep(POLL_MS / 1000)
+                continue
+            ready = dict(poller.poll(POLL_MS))
+            for i in list(registered):
+                r = self.receivers[i]
+                if r.sock not in ready:
+                    continue
+                e = by_edge[i]
+                kind, obj = r.recv()
+                if kind == wire.EOS:
+                    if e.kind == "stream":
+                        ended.add(e.dst_port)
+                elif kind == wire.MESSAGE:
+                    if e.kind != "message":
+                        raise wire.WireError(f"edge {e.label}: message on a stream edge")
+                    st.messages_in += 1
+                    blk.handle(e.dst_port, obj)
+                else:
+                    if e.kind != "stream":
+                        raise wire.WireError(f"edge {e.label}: data frame on a message edge")
+                    queues[e.dst_port].append(obj)
+            while queues and all(queues.values()):
+                ins = {p: q.popleft() for p, q in queues.items()}
+                first = next(iter(ins.values()))
+                for p, f in ins.items():
+                    if (f.start, f.stop) != (first.start, first.stop):
+                        raise BlockError(f"misaligned input frames: {p} covers [{f.start}, {f.stop}) but "
+                                         f"{next(iter(ins))} covers [{first.start}, {first.stop})")
+                st.frames_in += len(ins)
+                st.slots += first.slots
+                t0 = time.perf_counter()
+                out = blk.work(ins)
+                st.work_s += time.perf_counter() - t0
+                if out is DONE:
+                    raise BlockError("work returned DONE, which only sources may do")
+                self._send_outputs(out)
+        raise Stopped
+
+    def _drain_messages(self, by_edge: dict, timeout: int) -> None:
+        for i, e in by_edge.items():
+            r = self.receivers[i]
+            if e.kind != "message" or r.ended:
+                continue
+            while r.sock.poll(timeout, zmq.POLLIN):
+                kind, obj = r.recv()
+                if kind == wire.EOS:
+                    break
+                self.stats.messages_in += 1
+                self.block.handle(e.dst_port, obj)
+
+
+class NodeRunner:
+    """All blocks of one node in this process."""
+
+    def __init__(self, graph: Graph, name: str, ctx: zmq.Context | None = None,
+                 status: Callable[[dict], None] | None = None, status_period_s: float = 0.5) -> None:
+        if name not in graph.nodes:
+            raise KeyError(f"no node {name!r} in flowgraph {graph.name} (nodes: {', '.join(graph.nodes)})")
+        self.graph, self.name = graph, name
+        self.ctx = ctx or zmq.Context.instance()
+        self.stop = threading.Event()
+        self.bound = threading.Event()
+        self._lock = threading.Lock()
+        self._opened = 0
+        self.failure: NodeFailure | None = None
+        self.status, self.status_period_s = status, status_period_s
+        self.blocks = {b: graph.instantiate(b) for b in graph.blocks_of(name)}
+        self.runners = [
+            BlockRunner(self, blk,
+                        [e for e in graph.edges if e.dst == b],
+                        [e for e in graph.edges if e.src == b])
+            for b, blk in self.blocks.items()
+        ]
+
+    def opened(self) -> None:
+        with self._lock:
+            self._opened += 1
+            if self._opened == len(self.runners):
+                self.bound.set()
+
+    def fail(self, failure: NodeFailure) -> None:
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+        self.stop.set()
+
+    def summary(self) -> dict:
+        out = {}
+        for r in self.runners:
+            s = r.stats
+            d = {"frames_in": s.frames_in, "frames_out": s.frames_out, "slots": s.slots, "items_out": s.items_out,
+                 "messages_in": s.messages_in, "messages_out": s.messages_out, "work_s": round(s.work_s, 6)}
+            d.update(r.block.counters)
+            try:
+                d.update(r.block.report())
+            except Exception as e:  # a report must never hide the run's result
+                d["report_error"] = f"{type(e).__name__}: {e}"
+            out[r.block.name] = d
+        return out
+
+    def run(self, timeout_s: float | None = None) -> NodeResult:
+        t0 = time.perf_counter()
+        if not self.runners:
+            self.bound.set()
+        # Binding order: receivers bind in their own threads; senders wait for `bound`.
+        for r in self.runners:
+            r.start()
+        next_status = time.perf_counter() + self.status_period_s
+        try:
+            while any(r.is_alive() for r in self.runners):
+                for r in self.runners:
+                    r.join(0.05)
+                now = time.perf_counter()
+                if self.status is not None and now >= next_status:
+                    next_status = now + self.status_period_s
+                    self.status(self.summary())
+                if timeout_s is not None and now - t0 > timeout_s and not self.stop.is_set():
+                    self.fail(NodeFailure(self.name, "-", f"timed out after {timeout_s:g} s"))
+                if self.stop.is_set():
+                    deadline = time.perf_counter() + 1.5
+                    for r in self.runners:
+                        r.join(max(0.0, deadline - time.perf_counter()))
+                    break
+        except KeyboardInterrupt:
+            self.fail(NodeFailure(self.name, "-", "interrupted"))
+            for r in self.runners:
+                r.join(1.0)
+        return NodeResult(self.name, self.failure is None, self.failure, self.summary(), time.perf_counter() - t0)

@@ -1,0 +1,111 @@
+"""ZeroMQ edges: one PUSH/PULL socket pair per flowgraph edge.
+
+Inside a node the pair meets at ``inproc://``; between nodes at the receiving node's ipc or
+tcp endpoint (receiver binds, sender connects, so nodes may start in any order and ZeroMQ
+reconnects by itself). High-water marks of ``queue_frames`` on both sockets bound memory: a
+fast producer blocks in ``send`` until the consumer catches up — nothing is dropped.
+Blocking calls wake every ``POLL_MS`` to look at the node's stop flag, so a failure elsewhere
+stops the thread within a fraction of a second.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import zmq
+
+from . import wire
+from .block import Frame
+
+POLL_MS = 50
+
+
+class Stopped(Exception):
+    """The node is stopping; unwind the block thread."""
+
+
+class EdgeSender:
+    """The producing end of one edge."""
+
+    def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, stop: threading.Event,
+                 with_dtype: bool, label: str) -> None:
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, queue_frames)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        if address.startswith("tcp://"):
+            self.sock.setsockopt(zmq.SNDBUF, 1 << 20)
+        (self.sock.bind if bind else self.sock.connect)(address)
+        self.seq = 0
+        self.stop = stop
+        self.with_dtype = with_dtype
+        self.label = label
+        self.bytes = 0
+
+    def _send(self, parts: list) -> None:
+        while not self.sock.poll(POLL_MS, zmq.POLLOUT):
+            if self.stop.is_set():
+                raise Stopped
+        big = len(parts) > 1 and any(getattr(p, "nbytes", 0) >= wire.ZERO_COPY_BYTES for p in parts[1:])
+        self.sock.send_multipart(parts, copy=not big)
+        self.seq += 1
+
+    def send_frame(self, frame: Frame) -> None:
+        if not isinstance(frame.data, np.ndarray) or frame.data.ndim != 1:
+            raise TypeError(f"frame data for {self.label} must be a 1-D numpy array")
+        self.bytes += frame.data.nbytes
+        self._send(wire.encode_frame(self.seq, frame, self.with_dtype))
+
+    def send_message(self, msg: dict) -> None:
+        self._send(wire.encode_message(self.seq, msg))
+
+    def send_eos(self) -> None:
+        self._send(wire.encode_eos(self.seq))
+
+    def close(self, linger_ms: int | None = None) -> None:
+        if linger_ms is not None:
+            self.sock.setsockopt(zmq.LINGER, linger_ms)
+        self.sock.close()
+
+
+class EdgeReceiver:
+    """The consuming end of one edge; checks sequence numbers."""
+
+    def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, dtype: np.dtype | None,
+                 label: str) -> None:
+        self.sock = ctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, queue_frames)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if address.startswith("tcp://"):
+            self.sock.setsockopt(zmq.RCVBUF, 1 << 20)
+        (self.sock.bind if bind else self.sock.connect)(address)
+        self.expect = 0
+        self.dtype = dtype
+        self.label = label
+        self.ended = False
+
+    def recv(self) -> tuple[int, object]:
+        """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble."""
+        parts = self.sock.recv_multipart(copy=False)
+        head = parts[0].bytes
+        try:
+            kind, seq, start, stop, trailer = wire.decode_header(head)
+        except wire.WireError as e:
+            raise wire.WireError(f"edge {self.label}: {e}") from None
+        if seq != self.expect:
+            what = "gap" if seq > self.expect else "repeat/reorder"
+            raise wire.WireError(f"edge {self.label}: sequence {what}: expected {self.expect}, got {seq}")
+        self.expect += 1
+        if kind == wire.EOS:
+            self.ended = True
+            return kind, None
+        try:
+            if kind == wire.DATA:
+                if len(parts) != 2:
+                    raise wire.WireError(f"data frame with {len(parts)} parts")
+                return kind, wire.decode_frame(start, stop, trailer, parts[1].buffer, self.dtype)
+            return kind, wire.decode_message(trailer, [p.buffer for p in parts[1:]])
+        except wire.WireError as e:
+            raise wire.WireError(f"edge {self.label}: {e}") from None
+
+    def close(self) -> None:
+        self.sock.close()
