@@ -153,8 +153,10 @@ class BlockRunner(threading.Thread):
         by_edge = {e.index: e for e in self.in_edges}
         queues: dict[str, deque] = {p: deque() for p in stream_ports if any(e.dst_port == p for e in self.in_edges)}
         ended: set[str] = set()
-        source = not blk.stream_inputs()
-        source_done = not source or not blk.stream_outputs()
+        pure_message = not blk.stream_inputs() and not blk.stream_outputs()
+        source = not blk.stream_inputs() and not pure_message
+        source_done = not source
+        msg_edges = [i for i, e in by_edge.items() if e.kind == "message"]
         streams_over = False
         poller = zmq.Poller()
         registered: set[int] = set()
@@ -174,7 +176,11 @@ class BlockRunner(threading.Thread):
                             st.slots += f.slots
                     self._send_outputs(out)
                 continue
-            if not streams_over and (source or (queues.keys() <= ended and not any(queues.values()))):
+            if pure_message:
+                inputs_over = all(self.receivers[i].ended for i in msg_edges)
+            else:
+                inputs_over = source or (queues.keys() <= ended and not any(queues.values()))
+            if not streams_over and inputs_over:
                 streams_over = True
                 self._send_outputs(blk.end())
                 self._send_eos(message_ports=False)

@@ -1,0 +1,296 @@
+"""The runtime: YAML validation, ZeroMQ edges, end of stream, failures, backpressure, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from qkdflow.runtime import wire
+from qkdflow.runtime.block import Frame, Tag
+from qkdflow.runtime.graph import FlowgraphError, load_flowgraph
+from qkdflow.runtime.scheduler import NodeRunner
+from qkdflow.runtime.transport import EdgeReceiver, EdgeSender
+
+QKDFLOW = [sys.executable, "-m", "qkdflow.runtime.cli"]
+
+
+def write(tmp_path, text, name="fg.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def errors_of(path, overrides=()):
+    with pytest.raises(FlowgraphError) as ei:
+        load_flowgraph(path, list(overrides))
+    return ei.value.errors
+
+
+# ---- YAML validation ------------------------------------------------------------------------
+def test_every_error_class_reported_at_once_with_file_and_line(tmp_path):
+    path = write(tmp_path, """\
+        flowgraph: bad
+        nodes:
+          aau: {}
+          du: {}
+        blocks:
+          src:  {type: slot_source, node: aau, frames: -1}
+          g:    {type: null_sink, node: aau, gain: 2}
+          b:    {type: nosuchblock, node: du}
+          h:    {type: null_sink, node: du, delay_s: fast}
+          d:    {type: copy, node: mars}
+          e:    {type: copy, node: aau}
+          a:    {type: copy, node: aau}
+          c:    {type: null_sink, node: du}
+        connections:
+          - [e.nope, e.in]
+          - [a.out, c.in]
+        """)
+    errs = errors_of(path)
+    text = "\n".join(errs)
+    assert all(e.startswith(path + ":") for e in errs), errs
+    assert f"{path}:6: blocks.src.frames: must be >= 0" in text          # out of range
+    assert f"{path}:7: blocks.g.gain: unknown parameter" in text          # unknown parameter
+    assert f"{path}:8: blocks.b.type: unknown block type 'nosuchblock'" in text
+    assert f"{path}:9: blocks.h.delay_s: must be a number" in text       # wrong type
+    assert "blocks.d.node: unknown node 'mars'" in text
+    assert "has no output port 'nope'" in text
+    assert "blocks.e: required input port 'in' is not connected" in text
+    assert "blocks.a: required input port 'in' is not connected" in text
+    assert "edge a.out -> c.in goes from node aau to node du but has no endpoint" in text
+    assert len(errs) >= 8
+
+
+def test_duplicate_names_and_syntax_errors(tmp_path):
+    dup = write(tmp_path, """\
+        blocks:
+          a: {type: slot_source}
+          a: {type: null_sink}
+        connections: []
+        """)
+    assert any(":3: a: duplicate name" in e for e in errors_of(dup))
+    broken = write(tmp_path, "blocks: {a: [\n", "broken.yaml")
+    (err,) = errors_of(broken)
+    assert "YAML syntax error" in err and err.startswith(broken)
+
+
+def test_dtype_mismatch_and_double_feed(tmp_path):
+    path = write(tmp_path, """\
+        blocks:
+          w: {type: runtime_blocks:Watermark}
+          s: {type: slot_source}
+          lag: {type: runtime_blocks:LagSink}
+          n: {type: null_sink}
+        connections:
+          - [s.out, lag.in]
+          - [w.out, lag.in]
+          - [w.out, n.in]
+        """)
+    text = "\n".join(errors_of(path))
+    assert "lag.in is already fed by connections[0]" in text
+    path2 = write(tmp_path, """\
+        blocks:
+          w: {type: runtime_blocks:Watermark}
+          z: {type: zmq_sink, address: "tcp://127.0.0.1:1", item_type: float}
+          lag: {type: runtime_blocks:LagSink}
+          src: {type: runtime_blocks:Pinger}
+        connections:
+          - [w.out, lag.in]
+          - [src.ping, lag.in]
+        """, "b.yaml")
+    text = "\n".join(errors_of(path2))
+    assert "cannot connect a message port to a stream port" in text
+
+
+def test_overrides_and_variables(tmp_path):
+    path = write(tmp_path, """\
+        variables: {n: 3}
+        blocks:
+          s: {type: slot_source, frames: "${n}", slots_per_frame: 8}
+          k: {type: null_sink}
+        connections: [[s.out, k.in]]
+        """)
+    g = load_flowgraph(path, ["n=5", "s.slots_per_frame=16"])
+    assert g.blocks["s"].params == {"frames": 5, "slots_per_frame": 16}
+    errs = errors_of(path, ["s.frames=many", "nosuch.x=1"])
+    assert any("blocks.s.frames: must be an integer" in e for e in errs)
+    assert any("-p nosuch.x=1: no such block" in e for e in errs)
+
+
+def test_cli_user_error_is_one_line_per_problem_exit_2_no_traceback(tmp_path, cli_env):
+    path = write(tmp_path, """\
+        blocks:
+          s: {type: slot_source, frames: 1.5}
+        connections: []
+        """)
+    r = subprocess.run(QKDFLOW + ["run", path], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert f"{path}:2: blocks.s.frames: must be an integer" in r.stderr
+    r = subprocess.run(QKDFLOW + ["check", str(tmp_path / "missing.yaml")], capture_output=True, text=True,
+                       env=cli_env, timeout=60)
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- running ------------------------------------------------------------------------------------
+def test_user_block_by_module_class_and_end_of_stream(tmp_path):
+    out = tmp_path / "c.json"
+    path = write(tmp_path, f"""\
+        blocks:
+          s: {{type: slot_source, frames: 7, slots_per_frame: 100}}
+          a: {{type: copy}}
+          c: {{type: runtime_blocks:Collect, path: "{out}"}}
+        connections: [[s.out, a.in], [a.out, c.in]]
+        """)
+    res = NodeRunner(load_flowgraph(path), "main").run(timeout_s=30)
+    assert res.ok, res.failure
+    rec = json.loads(out.read_text())
+    assert rec["ranges"] == [[i * 100, (i + 1) * 100, 100] for i in range(7)]
+    assert rec["sum"] == sum(range(700))
+
+
+def test_crashing_block_names_block_and_node(tmp_path, cli_env):
+    path = write(tmp_path, """\
+        blocks:
+          s: {type: slot_source, frames: 1000000, slots_per_frame: 64}
+          boom: {type: runtime_blocks:Crash, after: 5}
+          k: {type: null_sink}
+        connections: [[s.out, boom.in], [boom.out, k.in]]
+        """)
+    t0 = time.monotonic()
+    r = subprocess.run(QKDFLOW + ["run", path], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert r.returncode == 1
+    assert "node main, block boom: ZeroDivisionError: deliberate failure" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_message_cycle_between_nodes_ends_cleanly(tmp_path, ports):
+    base = ports(2)
+    path = write(tmp_path, f"""\
+        nodes:
+          aau: {{port: {base}}}
+          du: {{port: {base + 1}}}
+        blocks:
+          s: {{type: slot_source, node: aau, frames: 20, slots_per_frame: 10}}
+          ping: {{type: runtime_blocks:Pinger, node: aau}}
+          pong: {{type: runtime_blocks:Ponger, node: du}}
+        connections:
+          - [s.out, ping.in]
+          - [ping.ping, pong.ping]
+          - [pong.pong, ping.pong]
+        """)
+    g = load_flowgraph(path)
+    ctx = zmq.Context()
+    import threading
+    results = {}
+    ts = [threading.Thread(target=lambda n=n: results.__setitem__(n, NodeRunner(g, n, ctx=ctx).run(timeout_s=30)))
+          for n in ("du", "aau")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert results["aau"].ok and results["du"].ok, (results["aau"].failure, results["du"].failure)
+    assert results["aau"].blocks["ping"]["pongs"] == 20
+    assert results["du"].blocks["pong"]["pings"] == 20
+
+
+def test_two_node_processes_over_tcp(tmp_path, ports, cli_env):
+    base = ports(4)
+    r = subprocess.run(QKDFLOW + ["run", "flowgraphs/passthrough.yaml", "--json", "-p", f"nodes.du.port={base}",
+                                  "-p", f"nodes.aau.port={base + 2}", "-p", "src.frames=30"],
+                       capture_output=True, text=True, env=cli_env, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["ok"]
+    assert summary["nodes"]["du"]["sink"]["items"] == 30 * 65536
+    assert summary["nodes"]["aau"]["src"]["frames_out"] == 30
+
+
+def test_killed_node_stops_the_run_and_leaves_no_process(tmp_path, ports, cli_env):
+    base = ports(2)
+    path = write(tmp_path, f"""\
+        nodes:
+          aau: {{port: {base}}}
+          du: {{port: {base + 1}}}
+        blocks:
+          s: {{type: slot_source, node: aau, frames: 100000000, slots_per_frame: 1024}}
+          k: {{type: null_sink, node: du, delay_s: 0.001}}
+        connections: [[s.out, k.in]]
+        """)
+    proc = subprocess.Popen(QKDFLOW + ["run", path], stderr=subprocess.PIPE, text=True, env=cli_env)
+    pid = None
+    deadline = time.monotonic() + 30
+    while pid is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        out = subprocess.run(["pgrep", "-f", f"{path} --child.*--node du"], capture_output=True, text=True).stdout
+        pid = int(out.split()[0]) if out.strip() else None
+    assert pid, "du node process did not start"
+    time.sleep(0.5)
+    t_kill = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t_kill < 2.5
+    assert proc.returncode == 1
+    assert "node du killed by signal 9 (SIGKILL)" in err
+    time.sleep(0.3)
+    left = subprocess.run(["pgrep", "-f", f"{path} --child"], capture_output=True, text=True).stdout
+    assert not left.strip()
+
+
+def test_backpressure_keeps_the_producer_close(tmp_path):
+    path = write(tmp_path, """\
+        blocks:
+          w: {type: runtime_blocks:Watermark, frames: 40, frame_bytes: 1048576}
+          lag: {type: runtime_blocks:LagSink, delay_s: 0.01}
+        connections: [[w.out, lag.in, {queue_frames: 2}]]
+        """)
+    res = NodeRunner(load_flowgraph(path), "main").run(timeout_s=60)
+    assert res.ok, res.failure
+    rep = res.blocks["lag"]
+    assert rep["consumed"] == 40                 # nothing dropped
+    # in flight: 2 (send queue) + 2 (receive queue) + one being sent + one in the sink
+    assert rep["max_lead"] <= 8, rep
+
+
+# ---- the wire -------------------------------------------------------------------------------------
+def test_sequence_gap_and_garbage_are_errors():
+    import threading
+    ctx = zmq.Context()
+    stop = threading.Event()
+    rx = EdgeReceiver(ctx, "inproc://t-seq", True, 10, np.dtype(np.int32), "t")
+    tx = EdgeSender(ctx, "inproc://t-seq", False, 10, stop, with_dtype=False, label="t")
+    f = Frame(0, 4, np.arange(4, dtype=np.int32), [Tag(2, "k", 1.5)], {"x": 1})
+    tx.send_frame(f)
+    kind, got = rx.recv()
+    assert kind == wire.DATA and got.data.tolist() == [0, 1, 2, 3] and got.tags == [Tag(2, "k", 1.5)]
+    tx.seq += 1  # a lost part
+    tx.send_frame(f)
+    with pytest.raises(wire.WireError, match="sequence gap: expected 1, got 2"):
+        rx.recv()
+    tx.sock.send_multipart([b"garbage"])
+    with pytest.raises(wire.WireError, match="header too short"):
+        rx.recv()
+    tx.close(0)
+    rx.close()
+    ctx.term()
+
+
+def test_message_codec_round_trip_keeps_arrays_and_bytes():
+    msg = {"a": np.arange(5, dtype=np.uint16), "b": b"\x00\x01", "n": [1, {"c": np.float64(2.5)}], "s": "x"}
+    parts = wire.encode_message(7, msg)
+    kind, seq, _, _, trailer = wire.decode_header(parts[0])
+    assert (kind, seq) == (wire.MESSAGE, 7)
+    back = wire.decode_message(trailer, [memoryview(bytes(p)) for p in parts[1:]])
+    assert back["a"].dtype == np.uint16 and back["a"].tolist() == [0, 1, 2, 3, 4]
+    assert back["b"] == b"\x00\x01" and back["n"] == [1, {"c": 2.5}] and back["s"] == "x"
+    with pytest.raises(wire.WireError, match="missing array part"):
+        wire.decode_message(trailer, [])
