@@ -20,6 +20,8 @@ class SlotSource(Block):
         Param("frames", int, 10, doc="number of frames to emit", low=0),
         Param("slots_per_frame", int, 1024, unit="slots", doc="pulse slots covered by each frame", low=1),
         Param("dtype", str, "int32", doc="item type", choices=("int32", "uint8", "float32")),
+        Param("pattern", str, "ramp", doc="ramp (slot index) or zeros (one reused buffer: a free source)",
+              choices=("ramp", "zeros")),
     )
     outputs = (Stream("out", None, doc="one item per slot"),)
 
@@ -27,11 +29,15 @@ class SlotSource(Block):
         self.sent = 0
         # one pre-built payload: the source must not be the bottleneck of a runtime benchmark
         self._base = np.arange(self.slots_per_frame, dtype=np.int64)
+        self._zeros = np.zeros(self.slots_per_frame, dtype=self.dtype)
 
     def work(self, ins):
         if self.sent >= self.frames:
             return DONE
         start = self.sent * self.slots_per_frame
-        data = ((self._base + start) % (1 << 31)).astype(self.dtype)
+        if self.pattern == "zeros":
+            data = self._zeros  # frames are immutable once sent, so one buffer serves them all
+        else:
+            data = ((self._base + start) % (1 << 31)).astype(self.dtype)
         self.sent += 1
         return {"out": Frame(start, start + self.slots_per_frame, data)}

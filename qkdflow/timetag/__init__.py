@@ -34,7 +34,14 @@ from qkdflow.timetag.raw import (
     write_raw_tags,
     write_swabian_dump,
 )
-from qkdflow.timetag.slots import ChannelMap, OffsetResult, SlotStats, assign_slots, find_slot_offset
+from qkdflow.timetag.slots import (
+    ChannelMap,
+    OffsetResult,
+    SlotStats,
+    StreamingSlotAssigner,
+    assign_slots,
+    find_slot_offset,
+)
 
 FORMATS = ("ptu", "raw", "swabian", "csv")
 
@@ -70,7 +77,7 @@ def iter_tags(path: PathType, fmt: str | None = None, **kwargs: Any) -> Iterator
 __all__ = [
     "FORMATS", "MARKER_CHANNEL_BASE", "SWABIAN_DTYPE", "T3_DTYPE",
     "ChannelMap", "ClockError", "ClockModel", "CsvTagReader", "OffsetResult", "PtuReader", "PtuWriter",
-    "RawTagReader", "RawTagWriter", "ReadStats", "SlotStats", "SwabianDumpReader", "TimeTagError",
+    "RawTagReader", "RawTagWriter", "ReadStats", "SlotStats", "StreamingSlotAssigner", "SwabianDumpReader", "TimeTagError",
     "TimeTagWarning", "assign_slots", "clock_from_detections", "clock_from_sync", "estimate_channel_delay",
     "find_slot_offset", "iter_tags", "make_tags", "open_tag_reader", "read_csv_tags", "t3_to_tags",
     "tags_to_t3", "write_csv_tags", "write_ptu", "write_raw_tags", "write_swabian_dump",
