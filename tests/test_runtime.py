@@ -294,3 +294,80 @@ def test_message_codec_round_trip_keeps_arrays_and_bytes():
     assert back["b"] == b"\x00\x01" and back["n"] == [1, {"c": 2.5}] and back["s"] == "x"
     with pytest.raises(wire.WireError, match="missing array part"):
         wire.decode_message(trailer, [])
+
+
+# ---- authenticated classical channel ----------------------------------------------------------------
+def _psk(tmp_path, n_bytes=65536, name="psk.bin"):
+    p = tmp_path / name
+    p.write_bytes(np.random.default_rng(5).integers(0, 256, n_bytes, dtype=np.uint8).tobytes())
+    return str(p)
+
+
+def test_authenticated_message_edges_run_and_count_tags(tmp_path, ports):
+    import threading
+    base = ports(2)
+    psk = _psk(tmp_path)
+    path = write(tmp_path, f"""\
+        nodes:
+          aau: {{port: {base}, psk_file: "{psk}"}}
+          du: {{port: {base + 1}, psk_file: "{psk}"}}
+        blocks:
+          s: {{type: slot_source, node: aau, frames: 30, slots_per_frame: 10}}
+          ping: {{type: runtime_blocks:Pinger, node: aau}}
+          pong: {{type: runtime_blocks:Ponger, node: du}}
+        connections:
+          - [s.out, ping.in]
+          - [ping.ping, pong.ping]
+          - [pong.pong, ping.pong]
+        """)
+    g = load_flowgraph(path)
+    runners = {n: NodeRunner(g, n) for n in ("aau", "du")}
+    results = {}
+    ts = [threading.Thread(target=lambda n=n: results.__setitem__(n, runners[n].run(timeout_s=30))) for n in runners]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert results["aau"].ok and results["du"].ok, (results["aau"].failure, results["du"].failure)
+    # 30 pings + EOS each way, every one tagged and verified
+    assert all(ea.tags == 31 for ea in runners["du"].auth.by_edge.values())
+    assert results["du"].blocks["pong"]["pings"] == 30
+
+
+def test_tampered_or_forged_message_is_rejected(tmp_path):
+    import threading
+    from qkdflow.runtime.auth import AuthFailure, EdgeAuth
+    bits = np.random.default_rng(1).integers(0, 2, 20000, dtype=np.uint8)
+    stop = threading.Event()
+    ctx = zmq.Context()
+    rx = EdgeReceiver(ctx, "inproc://auth", True, 10, None, "a->b", auth=EdgeAuth(bits, False, "a->b", stop))
+    tx = EdgeSender(ctx, "inproc://auth", False, 10, stop, True, "a->b", auth=EdgeAuth(bits, True, "a->b", stop))
+    tx.send_message({"x": np.arange(3)})
+    assert rx.recv()[1]["x"].tolist() == [0, 1, 2]
+    parts = tx._tagged(wire.encode_message(tx.seq, {"x": np.arange(3)}))
+    parts[1] = np.array([0, 1, 9])  # an altered payload with the old tag
+    tx.sock.send_multipart(parts)
+    with pytest.raises(AuthFailure, match="authentication failed"):
+        rx.recv()
+    tx.close(0); rx.close(); ctx.term()
+
+
+def test_psk_problems_are_load_errors(tmp_path, cli_env, ports):
+    base = ports(2)
+    short = _psk(tmp_path, 16, "short.bin")
+    path = write(tmp_path, f"""\
+        nodes:
+          aau: {{port: {base}, psk_file: "{short}"}}
+          du: {{port: {base + 1}}}
+        blocks:
+          s: {{type: slot_source, node: aau, frames: 3}}
+          ping: {{type: runtime_blocks:Pinger, node: aau}}
+          pong: {{type: runtime_blocks:Ponger, node: du}}
+        connections: [[s.out, ping.in], [ping.ping, pong.ping], [pong.pong, ping.pong]]
+        """)
+    errs = "\n".join(errors_of(path))
+    assert "nodes.du.psk_file: message edge ping.ping -> pong.ping is authenticated at node aau" in errs
+    r = subprocess.run(QKDFLOW + ["run", path, "-p", f"nodes.du.psk_file={short}", "--node", "du"],
+                       capture_output=True, text=True, env=cli_env, timeout=60)
+    assert r.returncode == 2 and "nodes.du.psk_file: pre-shared key file" in r.stderr and "bits" in r.stderr
+    assert "Traceback" not in r.stderr

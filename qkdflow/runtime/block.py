@@ -133,6 +133,7 @@ class Block:
     def __init__(self, name: str = "", **values: Any) -> None:
         self.name = name or type(self).__name__
         self.node = ""
+        self.graph = None  # the loaded Graph, set by the runtime before start()
         self.counters: dict[str, float] = {}
         self._emit = None  # set by the scheduler
         self._finished = False
@@ -218,6 +219,13 @@ class Block:
         if self._emit is None:
             raise BlockError("emit() called outside a running flowgraph")
         self._emit(port, msg)
+
+    def replenish_authentication(self, key_bits: np.ndarray) -> None:
+        """Feed new key to the Wegman–Carter pools of this node's authenticated edges.
+
+        Call it with the same bits, in the same order, at both ends (see ``runtime.auth``)."""
+        if getattr(self, "_replenish", None) is not None:
+            self._replenish(key_bits)
 
     def count(self, name: str, n: float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

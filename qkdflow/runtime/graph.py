@@ -39,7 +39,7 @@ from .block import Block, Message, Stream
 from .params import ParamError
 
 TOP_KEYS = {"flowgraph", "clock", "variables", "nodes", "blocks", "connections", "description", "options"}
-NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir"}
+NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file"}
 EDGE_KEYS = {"endpoint", "queue_frames"}
 DEFAULT_QUEUE_FRAMES = 4
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -111,6 +111,7 @@ class NodeSpec:
     port: int | None = None
     transport: str = "tcp"
     ipc_dir: str = "/tmp"
+    psk_file: str | None = None  # pre-shared key: authenticates message edges to other nodes with one
 
 
 @dataclass
@@ -157,6 +158,7 @@ class Graph:
         spec = self.blocks[name]
         blk = spec.cls(name, **spec.params)
         blk.node = spec.node
+        blk.graph = self  # blocks that need the whole flowgraph (monitors, closed-form twins) read it
         return blk
 
     def blocks_of(self, node: str) -> list[str]:
@@ -320,7 +322,7 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
             if k not in NODE_KEYS:
                 err(nd, k, f"nodes.{nname}.{k}", f"unknown field (allowed: {', '.join(sorted(NODE_KEYS))})")
         spec = NodeSpec(str(nname))
-        for k in ("host", "bind_host", "ipc_dir", "transport"):
+        for k in ("host", "bind_host", "ipc_dir", "transport", "psk_file"):
             if k in nd:
                 if not isinstance(nd[k], str):
                     err(nd, k, f"nodes.{nname}.{k}", f"must be a string, got {nd[k]!r}")
@@ -518,6 +520,13 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
         else:
             e.address = f"tcp://{node.bind_host or node.host}:{node.port + k}"
             e.connect = f"tcp://{node.host}:{node.port + k}"
+
+    for e in edges:
+        sn, dn = blocks[e.src].node, blocks[e.dst].node
+        if e.kind == "message" and sn != dn and bool(nodes[sn].psk_file) != bool(nodes[dn].psk_file):
+            has, lacks = (sn, dn) if nodes[sn].psk_file else (dn, sn)
+            errors.append(f"{path}:{e.line}: nodes.{lacks}.psk_file: message edge {e.label} is authenticated at node "
+                          f"{has} (psk_file) but node {lacks} has no psk_file")
 
     if errors:
         raise FlowgraphError(errors)

@@ -21,6 +21,7 @@ import zmq
 
 from . import wire
 from .block import DONE, Block, BlockError, Frame
+from .auth import AuthFailure, NodeAuth
 from .graph import Edge, Graph
 from .transport import POLL_MS, EdgeReceiver, EdgeSender, Stopped
 
@@ -65,12 +66,14 @@ class BlockRunner(threading.Thread):
     def _open(self) -> None:
         ctx = self.node.ctx
         for e in self.in_edges:  # receivers always bind, senders connect (any start order works)
-            self.receivers[e.index] = EdgeReceiver(ctx, e.address, True, e.queue_frames, e.dtype, e.label)
+            self.receivers[e.index] = EdgeReceiver(ctx, e.address, True, e.queue_frames, e.dtype, e.label,
+                                                   auth=self.node.auth.by_edge.get(e.index))
 
     def _connect(self) -> None:
         ctx, stop = self.node.ctx, self.node.stop
         for e in self.out_edges:
-            sender = EdgeSender(ctx, e.connect, False, e.queue_frames, stop, with_dtype=e.dtype is None, label=e.label)
+            sender = EdgeSender(ctx, e.connect, False, e.queue_frames, stop, with_dtype=e.dtype is None, label=e.label,
+                                auth=self.node.auth.by_edge.get(e.index))
             self.senders.setdefault(e.src_port, []).append(sender)
 
     def run(self) -> None:
@@ -95,7 +98,7 @@ class BlockRunner(threading.Thread):
             blk.stop()
         except Stopped:
             pass
-        except wire.WireError as e:
+        except (wire.WireError, AuthFailure) as e:
             self._fail(str(e), "")
         except BlockError as e:
             self._fail(str(e), "")
@@ -263,7 +266,10 @@ class NodeRunner:
         self._opened = 0
         self.failure: NodeFailure | None = None
         self.status, self.status_period_s = status, status_period_s
+        self.auth = NodeAuth(graph, name, self.stop)  # raises ValueError for a missing/short psk_file
         self.blocks = {b: graph.instantiate(b) for b in graph.blocks_of(name)}
+        for blk in self.blocks.values():
+            blk._replenish = self.auth.replenish
         self.runners = [
             BlockRunner(self, blk,
                         [e for e in graph.edges if e.dst == b],

@@ -28,7 +28,7 @@ class EdgeSender:
     """The producing end of one edge."""
 
     def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, stop: threading.Event,
-                 with_dtype: bool, label: str) -> None:
+                 with_dtype: bool, label: str, auth=None) -> None:
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, queue_frames)
         self.sock.setsockopt(zmq.LINGER, 2000)
@@ -40,6 +40,7 @@ class EdgeSender:
         self.with_dtype = with_dtype
         self.label = label
         self.bytes = 0
+        self.auth = auth  # runtime.auth.EdgeAuth on authenticated inter-node message edges
 
     def _send(self, parts: list) -> None:
         while not self.sock.poll(POLL_MS, zmq.POLLOUT):
@@ -56,10 +57,15 @@ class EdgeSender:
         self._send(wire.encode_frame(self.seq, frame, self.with_dtype))
 
     def send_message(self, msg: dict) -> None:
-        self._send(wire.encode_message(self.seq, msg))
+        self._send(self._tagged(wire.encode_message(self.seq, msg)))
 
     def send_eos(self) -> None:
-        self._send(wire.encode_eos(self.seq))
+        self._send(self._tagged(wire.encode_eos(self.seq)))
+
+    def _tagged(self, parts: list) -> list:
+        if self.auth is None:
+            return parts
+        return parts + [self.auth.tag(parts, self.seq)]
 
     def close(self, linger_ms: int | None = None) -> None:
         if linger_ms is not None:
@@ -71,7 +77,7 @@ class EdgeReceiver:
     """The consuming end of one edge; checks sequence numbers."""
 
     def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, dtype: np.dtype | None,
-                 label: str) -> None:
+                 label: str, auth=None) -> None:
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, queue_frames)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -82,6 +88,7 @@ class EdgeReceiver:
         self.dtype = dtype
         self.label = label
         self.ended = False
+        self.auth = auth
 
     def recv(self) -> tuple[int, object]:
         """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble."""
@@ -94,6 +101,11 @@ class EdgeReceiver:
         if seq != self.expect:
             what = "gap" if seq > self.expect else "repeat/reorder"
             raise wire.WireError(f"edge {self.label}: sequence {what}: expected {self.expect}, got {seq}")
+        if self.auth is not None:
+            if kind == wire.DATA or len(parts) < 2:
+                raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
+            self.auth.verify([head] + [p.buffer for p in parts[1:-1]], seq, parts[-1].bytes)
+            parts = parts[:-1]
         self.expect += 1
         if kind == wire.EOS:
             self.ended = True
