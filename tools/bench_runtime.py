@@ -42,6 +42,7 @@ BARE = textwrap.dedent("""
         s = ctx.socket(zmq.PULL); s.setsockopt(zmq.RCVHWM, 4); s.bind(addr)
         for _ in range(n):
             s.recv(copy=False)
+        s.close()
     else:
         s = ctx.socket(zmq.PUSH); s.setsockopt(zmq.SNDHWM, 4); s.connect(addr)
         buf = np.zeros(size, np.uint8)

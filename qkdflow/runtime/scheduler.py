@@ -130,18 +130,20 @@ class BlockRunner(threading.Thread):
     def _send_outputs(self, outs: dict | None) -> None:
         if not outs:
             return
-        for port, frame in outs.items():
-            if frame is None:
+        for port, frames in outs.items():
+            if frames is None:
                 continue
-            if not isinstance(frame, Frame):
-                raise BlockError(f"work returned {type(frame).__name__} for port {port!r}, expected a Frame")
             senders = self.senders.get(port)
             if senders is None and self.block.port("out", port) is None:
                 raise BlockError(f"work returned a frame for unknown output port {port!r}")
-            for s in senders or ():
-                s.send_frame(frame)
-            self.stats.frames_out += 1
-            self.stats.items_out += len(frame.data)
+            # a block may return one Frame or a list of them (e.g. one input frame completes several)
+            for frame in (frames if isinstance(frames, list) else (frames,)):
+                if not isinstance(frame, Frame):
+                    raise BlockError(f"work returned {type(frame).__name__} for port {port!r}, expected a Frame")
+                for s in senders or ():
+                    s.send_frame(frame)
+                self.stats.frames_out += 1
+                self.stats.items_out += len(frame.data)
 
     def _send_eos(self, message_ports: bool) -> None:
         ports = {p.name for p in (self.block.message_outputs() if message_ports else self.block.stream_outputs())}

@@ -41,20 +41,24 @@ class EdgeSender:
         self.label = label
         self.bytes = 0
         self.auth = auth  # runtime.auth.EdgeAuth on authenticated inter-node message edges
+        self._dtype_cache: dict = {}
 
     def _send(self, parts: list) -> None:
-        while not self.sock.poll(POLL_MS, zmq.POLLOUT):
-            if self.stop.is_set():
-                raise Stopped
         big = len(parts) > 1 and any(getattr(p, "nbytes", 0) >= wire.ZERO_COPY_BYTES for p in parts[1:])
-        self.sock.send_multipart(parts, copy=not big)
+        try:  # the common case: room in the queue, no poll needed
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=not big)
+        except zmq.Again:
+            while not self.sock.poll(POLL_MS, zmq.POLLOUT):
+                if self.stop.is_set():
+                    raise Stopped
+            self.sock.send_multipart(parts, copy=not big)
         self.seq += 1
 
     def send_frame(self, frame: Frame) -> None:
         if not isinstance(frame.data, np.ndarray) or frame.data.ndim != 1:
             raise TypeError(f"frame data for {self.label} must be a 1-D numpy array")
         self.bytes += frame.data.nbytes
-        self._send(wire.encode_frame(self.seq, frame, self.with_dtype))
+        self._send(wire.encode_frame(self.seq, frame, self.with_dtype, self._dtype_cache))
 
     def send_message(self, msg: dict) -> None:
         self._send(self._tagged(wire.encode_message(self.seq, msg)))
@@ -89,11 +93,13 @@ class EdgeReceiver:
         self.label = label
         self.ended = False
         self.auth = auth
+        self._big = False
 
     def recv(self) -> tuple[int, object]:
         """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble."""
-        parts = self.sock.recv_multipart(copy=False)
-        head = parts[0].bytes
+        # zero-copy pays only for big payloads; guess from the last part seen on this edge
+        parts = self.sock.recv_multipart(copy=not self._big)
+        head = parts[0] if self._big is False else parts[0].bytes
         try:
             kind, seq, start, stop, trailer = wire.decode_header(head)
         except wire.WireError as e:
@@ -104,18 +110,20 @@ class EdgeReceiver:
         if self.auth is not None:
             if kind == wire.DATA or len(parts) < 2:
                 raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
-            self.auth.verify([head] + [p.buffer for p in parts[1:-1]], seq, parts[-1].bytes)
+            self.auth.verify([head] + [bytes(p) for p in parts[1:-1]], seq, bytes(parts[-1]))
             parts = parts[:-1]
         self.expect += 1
         if kind == wire.EOS:
             self.ended = True
             return kind, None
         try:
+            bufs = parts[1:] if not self._big else [p.buffer for p in parts[1:]]
+            self._big = any(len(b) >= wire.ZERO_COPY_BYTES for b in bufs)
             if kind == wire.DATA:
                 if len(parts) != 2:
                     raise wire.WireError(f"data frame with {len(parts)} parts")
-                return kind, wire.decode_frame(start, stop, trailer, parts[1].buffer, self.dtype)
-            return kind, wire.decode_message(trailer, [p.buffer for p in parts[1:]])
+                return kind, wire.decode_frame(start, stop, trailer, bufs[0], self.dtype)
+            return kind, wire.decode_message(trailer, bufs)
         except wire.WireError as e:
             raise wire.WireError(f"edge {self.label}: {e}") from None
 

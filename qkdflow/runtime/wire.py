@@ -46,17 +46,22 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"value of type {type(o).__name__} cannot go in frame meta or tags")
 
 
-def encode_frame(seq: int, frame: Frame, with_dtype: bool) -> list:
-    """Parts for one DATA frame."""
+def encode_frame(seq: int, frame: Frame, with_dtype: bool, cache: dict | None = None) -> list:
+    """Parts for one DATA frame (``cache`` keeps the JSON of a dtype-only trailer per edge)."""
     data = frame.data
-    trailer: dict[str, Any] = {}
-    if with_dtype:
-        trailer["dtype"] = data.dtype.descr if data.dtype.names else data.dtype.str
-    if frame.tags:
-        trailer["tags"] = [[t.offset, t.key, t.value, t.srcid] for t in frame.tags]
-    if frame.meta:
-        trailer["meta"] = frame.meta
-    js = json.dumps(trailer, default=_json_default, separators=(",", ":")).encode() if trailer else b""
+    if with_dtype and not frame.tags and not frame.meta and cache is not None and data.dtype in cache:
+        js = cache[data.dtype]  # the hot path of untyped edges: no JSON per frame
+    else:
+        trailer: dict[str, Any] = {}
+        if with_dtype:
+            trailer["dtype"] = data.dtype.descr if data.dtype.names else data.dtype.str
+        if frame.tags:
+            trailer["tags"] = [[t.offset, t.key, t.value, t.srcid] for t in frame.tags]
+        if frame.meta:
+            trailer["meta"] = frame.meta
+        js = json.dumps(trailer, default=_json_default, separators=(",", ":")).encode() if trailer else b""
+        if with_dtype and not frame.tags and not frame.meta and cache is not None:
+            cache[data.dtype] = js
     head = HEADER.pack(MAGIC, VERSION, DATA, len(js), seq, frame.start, frame.stop) + js
     if not data.flags.c_contiguous:
         data = np.ascontiguousarray(data)

@@ -1,0 +1,307 @@
+"""Tests for rate-adaptive LDPC reconciliation (qkdflow.distill.ldpc / ldpc_codes)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qkdflow.distill import ldpc_codes
+from qkdflow.distill.ldpc import (
+    LdpcAlice,
+    LdpcBob,
+    SyndromeMessage,
+    _numba_available,
+    binary_entropy,
+    decode_syndrome,
+    plan_frame,
+    reconcile,
+)
+from qkdflow.distill.ldpc_codes import TABLE_RATES, build_code, load_or_build_code
+
+N = 8192
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return [build_code(N, r, 11) for r in TABLE_RATES]
+
+
+DECODERS = [False] + ([True] if _numba_available() else [])
+
+
+def _frame(rng, bits, q):
+    a = rng.integers(0, 2, bits, dtype=np.uint8)
+    e = (rng.random(bits) < q).astype(np.uint8)
+    return a, a ^ e
+
+
+# ------------------------------------------------------------------------------------------ codes
+def test_degree_distribution_tables_are_normalised_and_have_their_rate():
+    for rate, (lam, rho) in ldpc_codes.DEGREE_DISTRIBUTIONS.items():
+        assert sum(lam.values()) == pytest.approx(1.0, abs=5e-5)
+        assert sum(rho.values()) == pytest.approx(1.0, abs=5e-5)
+        design = 1 - sum(v / k for k, v in rho.items()) / sum(v / k for k, v in lam.items())
+        assert design == pytest.approx(rate, abs=1.5e-3)
+
+
+def test_code_construction_is_deterministic_in_seed():
+    a = build_code(2048, 0.6, 3)
+    b = build_code(2048, 0.6, 3)
+    c = build_code(2048, 0.6, 4)
+    assert a.fingerprint == b.fingerprint
+    assert np.array_equal(a.edge_var, b.edge_var)
+    assert a.fingerprint != c.fingerprint
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.7, 0.9])
+def test_code_structure(rate):
+    code = build_code(4096, rate, 5)
+    ev, ptr = code.edge_var, code.check_ptr
+    # column degrees match the declared degree profile
+    assert np.array_equal(np.bincount(ev, minlength=code.n), code.var_degree)
+    # no parallel edges
+    ce = np.repeat(np.arange(code.m), np.diff(ptr))
+    keys = ev.astype(np.int64) * code.m + ce
+    assert np.unique(keys).size == keys.size
+    # node-perspective degree-2 fraction follows lambda: Lambda_2 = (lambda_2/2) / sum lambda_i/i,
+    # capped at m - 1 nodes (surplus promoted to degree 3)
+    lam = ldpc_codes.DEGREE_DISTRIBUTIONS[rate][0]
+    frac2 = (lam[2] / 2) / sum(v / k for k, v in lam.items())
+    assert code.m == pytest.approx(code.n * (1 - rate), rel=0.01)
+    expect2 = min(frac2, (code.m - 1) / code.n)
+    assert np.mean(code.var_degree == 2) == pytest.approx(expect2, abs=2e-3)
+    # the degree-2 nodes form a forest (no cycle among them): edges = nodes - components on their checks
+    deg2 = np.flatnonzero(code.var_degree == 2)
+    is2 = np.zeros(code.n, bool)
+    is2[deg2] = True
+    sel = is2[ev]
+    checks_of = {}
+    for e in np.flatnonzero(sel):
+        checks_of.setdefault(int(ev[e]), []).append(int(ce[e]))
+    parent = list(range(code.m))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for c1, c2 in checks_of.values():
+        r1, r2 = find(c1), find(c2)
+        assert r1 != r2, "cycle among degree-2 variable nodes"
+        parent[r1] = r2
+
+
+def test_punctured_symbols_own_private_checks_so_columns_are_independent():
+    code = build_code(1024, 0.5, 2)
+    P = code.puncture_order
+    assert P.size > 0.1 * code.n
+    ce = np.repeat(np.arange(code.m), np.diff(code.check_ptr))
+    is_p = np.zeros(code.n, bool)
+    is_p[P] = True
+    n_punct_per_check = np.bincount(ce, weights=is_p[code.edge_var], minlength=code.m)
+    for v in P:
+        checks = ce[code.edge_var == v]
+        assert np.any(n_punct_per_check[checks] == 1)
+    # and directly: GF(2) rank of the punctured columns equals their number
+    H = np.zeros((code.m, P.size), dtype=np.uint8)
+    col = {v: i for i, v in enumerate(P)}
+    for e in np.flatnonzero(is_p[code.edge_var]):
+        H[ce[e], col[code.edge_var[e]]] = 1
+    assert _gf2_rank(H) == P.size
+
+
+def _gf2_rank(M: np.ndarray) -> int:
+    M = M.copy()
+    rank = 0
+    for c in range(M.shape[1]):
+        rows = np.flatnonzero(M[rank:, c]) + rank
+        if rows.size == 0:
+            continue
+        r = rows[0]
+        M[[rank, r]] = M[[r, rank]]
+        others = np.flatnonzero(M[:, c])
+        others = others[others != rank]
+        M[others] ^= M[rank]
+        rank += 1
+    return rank
+
+
+def test_cache_round_trip_and_corrupt_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("QKDFLOW_CACHE_DIR", str(tmp_path))
+    a = load_or_build_code(1024, 0.55, 9)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+    b = load_or_build_code(1024, 0.55, 9)
+    assert a.fingerprint == b.fingerprint and np.array_equal(a.edge_var, b.edge_var)
+    files[0].write_bytes(b"garbage")
+    c = load_or_build_code(1024, 0.55, 9)
+    assert c.fingerprint == a.fingerprint
+
+
+def test_bad_code_parameters():
+    with pytest.raises(ValueError, match="rate"):
+        build_code(4096, 0.52, 1)
+    with pytest.raises(ValueError, match="n:"):
+        build_code(10, 0.5, 1)
+    with pytest.raises(ValueError, match="seed"):
+        build_code(4096, 0.5, -1)
+
+
+# ------------------------------------------------------------------------------------- protocol
+@pytest.mark.parametrize("use_numba", DECODERS)
+@pytest.mark.parametrize("q, f", [(0.01, 1.5), (0.03, 1.3), (0.06, 1.25), (0.08, 1.2)])
+def test_frames_decode_to_alices_key(pool, q, f, use_numba):
+    # short test codes (n = 8192) need more margin than the n >= 1e5 operating points (see bench_ldpc)
+    rng = np.random.default_rng(int(q * 1000) + 17)
+    alice = LdpcAlice(pool, seed=1, efficiency=f)
+    bob = LdpcBob(pool, max_iterations=150, use_numba=use_numba)
+    for i in range(2):
+        a, b = _frame(rng, alice.frame_bits, q)
+        assert np.count_nonzero(a != b) > 0
+        msg = SyndromeMessage.from_bytes(alice.encode(a, q, frame_id=i).to_bytes())
+        res = bob.decode(b, msg)
+        assert res.converged
+        assert np.array_equal(res.corrected, a)
+        assert res.iterations > 0
+
+
+def test_leak_is_syndrome_minus_punctured(pool):
+    rng = np.random.default_rng(2)
+    for q, f in [(0.02, 1.2), (0.05, 1.1), (0.09, 1.15)]:
+        alice = LdpcAlice(pool, seed=3, efficiency=f)
+        a, b = _frame(rng, alice.frame_bits, q)
+        msg = alice.encode(a, q)
+        code, p, s = plan_frame(pool, q, f)
+        d = round(0.1 * N)
+        assert (msg.punctured, msg.shortened) == (p, s) and p + s == d
+        assert msg.key_bits == N - d == alice.frame_bits
+        assert msg.leak_bits == code.m - p
+        res = LdpcBob(pool).decode(b, msg)
+        assert res.leak_bits == code.m - p
+        # leak / (key bits * h(q)) is the targeted efficiency up to the integer rounding of s
+        f_actual = msg.leak_bits / (msg.key_bits * binary_entropy(q))
+        assert f <= f_actual < f + 2.0 / (msg.key_bits * binary_entropy(q))
+
+
+def test_syndrome_matches_parity_of_alices_word(pool):
+    # Bob decoding with Alice's own key must return it at iteration 0 only if the punctured values are
+    # irrelevant -- they are not, so the syndrome must depend on the secret punctured bits.
+    rng = np.random.default_rng(4)
+    a1 = LdpcAlice(pool, seed=1)
+    a2 = LdpcAlice(pool, seed=2)
+    key = rng.integers(0, 2, a1.frame_bits, dtype=np.uint8)
+    m1, m2 = a1.encode(key, 0.03), a2.encode(key, 0.03)
+    assert m1.punctured > 0
+    assert not np.array_equal(m1.syndrome, m2.syndrome)
+
+
+@pytest.mark.parametrize("use_numba", DECODERS)
+def test_nonconvergence_is_reported(pool, use_numba):
+    rng = np.random.default_rng(5)
+    alice = LdpcAlice(pool, seed=1)
+    a, b = _frame(rng, alice.frame_bits, 0.15)        # true QBER far above the estimate's code
+    msg = alice.encode(a, 0.02)
+    res = LdpcBob(pool, max_iterations=30, use_numba=use_numba).decode(b, msg)
+    assert not res.converged
+    assert res.corrected is None
+    assert res.iterations == 30
+    assert res.leak_bits == msg.m - msg.punctured
+
+
+def test_numpy_decoder_converges_to_a_syndrome_solution():
+    code = build_code(2048, 0.5, 8)
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 2, code.n, dtype=np.uint8)
+    y = x ^ (rng.random(code.n) < 0.03).astype(np.uint8)
+    llr = np.where(y == 0, 1.0, -1.0) * math.log(0.97 / 0.03)
+    word, ok, it = decode_syndrome(code, llr, code.syndrome(x), 100, use_numba=False)
+    assert ok and np.array_equal(code.syndrome(word), code.syndrome(x))
+    assert np.array_equal(word, x)
+
+
+def test_bad_protocol_inputs(pool):
+    alice = LdpcAlice(pool, seed=1)
+    key = np.zeros(alice.frame_bits, np.uint8)
+    with pytest.raises(ValueError, match="key"):
+        alice.encode(key[:-1], 0.03)
+    with pytest.raises(ValueError, match="0 or 1"):
+        alice.encode(key + 2, 0.03)
+    with pytest.raises(ValueError, match="qber_estimate"):
+        alice.encode(key, 0.6)
+    with pytest.raises(ValueError, match="outside the range"):
+        LdpcAlice(pool[:1], seed=1).encode(key, 0.002)     # rate-0.5 code alone cannot reach R = 0.98
+    msg = alice.encode(key, 0.03)
+    with pytest.raises(ValueError, match="fingerprint"):
+        LdpcBob([build_code(N, 0.5, 99)]).decode(key, msg)
+    with pytest.raises(ValueError, match="key"):
+        LdpcBob(pool).decode(key[:-3], msg)
+
+
+# -------------------------------------------------------------------------------- serialisation
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 300), extra=st.integers(1, 500), p=st.integers(0, 50), s=st.integers(0, 50),
+       q=st.floats(1e-6, 0.499), fid=st.integers(0, 2**64 - 1), data=st.data())
+def test_message_round_trip(m, extra, p, s, q, fid, data):
+    n = m + extra + p + s
+    bits = np.array(data.draw(st.lists(st.integers(0, 1), min_size=m, max_size=m)), dtype=np.uint8)
+    msg = SyndromeMessage(b"abcdefgh", fid, n, m, p, s, q, bits)
+    back = SyndromeMessage.from_bytes(msg.to_bytes())
+    assert (back.code_fingerprint, back.frame_id, back.n, back.m, back.punctured, back.shortened) == \
+        (b"abcdefgh", fid, n, m, p, s)
+    assert back.qber_estimate == q
+    assert np.array_equal(back.syndrome, bits)
+
+
+def test_message_strict_decoding():
+    msg = SyndromeMessage(b"12345678", 3, 100, 13, 2, 3, 0.02, np.ones(13, np.uint8))
+    raw = msg.to_bytes()
+    for bad in (raw[:-1], raw + b"\x00", raw[:10], b"", b"XXXX" + raw[4:]):
+        with pytest.raises(ValueError):
+            SyndromeMessage.from_bytes(bad)
+    padded = bytearray(raw)
+    padded[-1] |= 0x01                                   # a padding bit set (13 bits -> 3 pad bits)
+    with pytest.raises(ValueError, match="padding"):
+        SyndromeMessage.from_bytes(bytes(padded))
+    for q in (0.0, 0.5, float("nan")):
+        bad = SyndromeMessage(b"12345678", 3, 100, 13, 2, 3, q, np.ones(13, np.uint8)).to_bytes()
+        with pytest.raises(ValueError, match="qber"):
+            SyndromeMessage.from_bytes(bad)
+    with pytest.raises(ValueError, match="version"):
+        SyndromeMessage.from_bytes(raw[:4] + b"\x07" + raw[5:])
+
+
+# ---------------------------------------------------------------------------------- convenience
+def test_reconcile_splits_frames_and_reports_tail(tmp_path, monkeypatch):
+    monkeypatch.setenv("QKDFLOW_CACHE_DIR", str(tmp_path))
+    n = 2048
+    frame = n - round(0.1 * n)
+    rng = np.random.default_rng(6)
+    a, b = _frame(rng, 3 * frame + 100, 0.03)          # estimate 0.04 > true 0.03: margin at n = 2048
+    res = reconcile(a, b, 0.04, n, seed=1, efficiency=1.4)
+    assert res.frame_bits == frame and res.unreconciled_tail_bits == 100
+    assert len(res.frames) == 3 and res.all_converged
+    assert np.array_equal(res.corrected, a[: 3 * frame])
+    assert res.leak_bits == sum(r.syndrome_bits - r.punctured for r in res.frames)
+    with pytest.raises(ValueError, match="bob_key"):
+        reconcile(a, b[:-1], 0.04, n, seed=1)
+
+
+def test_phi_table_used_by_the_numba_kernel_is_accurate():
+    from qkdflow.distill.ldpc import _PHI_FRAC_BITS, _phi_table
+
+    tab, base, lo, hi = _phi_table()
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.uniform(np.log(lo), np.log(20.0), 100_000)).astype(np.float32)
+    u = x.view(np.int32).astype(np.int64) - base
+    i = u >> _PHI_FRAC_BITS
+    fr = (u & ((1 << _PHI_FRAC_BITS) - 1)) / (1 << _PHI_FRAC_BITS)
+    approx = tab[i] + fr * (tab[i + 1] - tab[i])
+    exact = -np.log(np.tanh(0.5 * x.astype(np.float64)))
+    assert np.max(np.abs(approx - exact)) < 3e-6
+    small = x <= 1.0
+    assert np.max(np.abs(approx - exact)[small] / exact[small]) < 2e-6
