@@ -130,6 +130,10 @@ CASES = {
                                  detector={"preset": "ingaas_gated", "efficiency": 0.2,
                                            "afterpulse_probability": 0.0},
                                  prep={"basis_bias": 0.8}),
+    # InGaAs preset WITH afterpulsing (stationary model: afterpulses land in gates of every class)
+    "ingaas_afterpulse": dict(slots=20_000_000, spans=((30.0, 0.02),),
+                              detector={"preset": "ingaas_gated", "efficiency": 0.25, "dead_time_ns": 0.0},
+                              prep={"basis_bias": 0.8}),
     # O-band quantum beside C-band fronthaul through CWDM (ssmf loss curve), sub-unit Bob optics
     "oband_cwdm": dict(slots=20_000_000, loss="ssmf", spans=((20.0, 0.01),),
                        wdm={"quantum_wavelength_nm": 1310.0, "grid": "cwdm", "nonadjacent_isolation_db": 110.0,
@@ -150,6 +154,8 @@ def test_mc_agrees_with_closed_form(tmp_path, case):
     assert_agree(mon, exp)
     if case == "ingaas_no_afterpulse":  # the preset, not a default, set the dark count
         assert blocks["det"]["dark_count_per_gate"] == pytest.approx(1.2e-6, rel=1e-9)
+    if case == "ingaas_afterpulse":  # afterpulses are a real part of the vacuum gain here
+        assert blocks["det"]["afterpulses"] > 0.3 * mon["class_clicks"][2]
     if case == "raman_cband":
         # the case really is noise-dominated: noise photons are a large part of the vacuum and decoy gain
         assert float(r.noise_photons_per_gate) > 1e-3

@@ -65,7 +65,8 @@ def test_gys_optimal_mu():
 LIM = {"preparation": {"intensities": {"signal": 0.5, "decoy": 0.1, "vacuum": 2e-4},
                        "probabilities": {"signal": 0.7, "decoy": 0.2, "vacuum": 0.1}, "basis_bias": 0.8},
        "fibre": {"loss_db_per_km": 0.2, "misalignment": 5e-3},
-       "detector": {"efficiency": 0.1, "dark_count_per_gate": 6e-7, "afterpulse_probability": 4e-2},
+       "detector": {"efficiency": 0.1, "dark_count_per_gate": 6e-7, "afterpulse_probability": 4e-2,
+                    "afterpulse_model": "lim2014"},
        "postprocessing": {"ec_efficiency": 1.16, "eps_cor": 1e-15}}
 
 

@@ -37,19 +37,38 @@ every call checks the observed rounding residual ``max |c - round(c)| < 1/4`` an
 otherwise (never observed; the residual measured at ``n = 10^7`` is ~1e-9).
 
 Throughput: the cost is three real FFTs of length ``L >= n + m - 1`` (``L >= n - 1`` for the modified family),
-i.e. O(n log n) in float64.  Carry-less (GF(2)-native) multiplication would be far faster with a CLMUL
-instruction, but numpy exposes none, and packing several bits per float digit breaks exactness beyond
-~2^18-bit blocks (the digit fields must each hold a count up to n); see tools/bench_privacy_amplification.py
-for measured figures.
+i.e. O(n log n) in float64.  Packing several bits per float digit breaks exactness beyond ~2^18-bit blocks
+(the digit fields must each hold a count up to n), and numpy has no carry-less multiply.
+
+Fast path (``BACKEND == "clmul"``).  The optional C extension ``qkdflow.distill._gf2mul`` (built by setup.py,
+skipped where no compiler exists) computes the same product natively in GF(2)[z] on 64-bit words with the
+CPU's carry-less multiply (512-bit VPCLMULQDQ where AVX-512 has it, else PCLMULQDQ; chosen at run time)
+and the Karatsuba middle-product recursion (Hanrot, Quercia & Zimmermann, AAECC 14, 415 (2004); Fan &
+Hasan, IEEE Trans. Comput. 56, 224 (2007)): integer arithmetic only, hence exact with no error bound, and
+bit-identical to the FFT path (tests/test_gf2mul.py).  With ``H = 64 q`` bits per block and the input padded
+with zeros to ``N = cols * H`` bits, ``y_i = sum_j S[i + N - j] x_j`` where ``S = z^(N - n + 1) s``, which is
+the convention above.  It is used when the extension imports, the CPU has the instruction, the machine is
+little-endian and the environment variable ``QKDFLOW_NO_CEXT`` is unset (or ``0``); otherwise the float64
+FFT path runs.  ``BACKEND`` names the active path.  Measured figures: tools/bench_privacy_amplification.py.
 """
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 import scipy.fft as sp_fft
 
+_gf2mul = None
+if os.environ.get("QKDFLOW_NO_CEXT", "0") in ("", "0"):
+    try:  # optional C extension (setup.py); absent where it could not be compiled
+        from qkdflow.distill import _gf2mul
+    except ImportError:  # pragma: no cover - depends on the build
+        pass
+
 __all__ = [
+    "BACKEND",
     "MAX_INPUT_BITS",
     "seed_length",
     "toeplitz_hash",
@@ -63,6 +82,20 @@ MAX_INPUT_BITS: int = 1 << 25
 _U = 2.0**-53  # unit roundoff of IEEE binary64
 _MU = 2.0 * _U  # assumed twiddle-factor error (see module docstring)
 _BOUND_LIMIT = 1.0 / 16.0  # refuse to run if the proven bound exceeds this (never happens within limits)
+
+
+def _select_backend() -> str:
+    # The C code reads numpy's little-endian packed words as native uint64.
+    if _gf2mul is None or sys.byteorder != "little" or _gf2mul.hw_kernel() == "none":
+        return "fft"
+    return "clmul"
+
+
+#: Active path for ``toeplitz_hash``: ``"clmul"`` (C extension, hardware carry-less multiply) or ``"fft"``.
+BACKEND: str = _select_backend()
+#: Accepted ``backend`` values: "clmul" = fastest C kernel; the C kernels by name and "portable" (the C code's
+#: software carry-less multiply, slow) exist so tests can check every kernel on one machine.
+_BACKENDS = ("fft", "clmul", "vpclmulqdq-avx512", "pclmulqdq", "portable")
 
 
 def _check_sizes(n: int, m: int) -> None:
@@ -115,8 +148,45 @@ def _as_bits(a: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _valid_conv_parity(x: np.ndarray, s: np.ndarray, m: int) -> np.ndarray:
+def _pad_words(k: int, base: int) -> int:
+    """Smallest ``q >= k`` of the form ``b * 2^t`` with ``b <= base``: the C recursion halves ``q`` down to ``b``."""
+    t = 0
+    while -(-k >> t) > base:
+        t += 1
+    return (-(-k >> t)) << t
+
+
+def _valid_conv_parity_c(x: np.ndarray, s: np.ndarray, m: int, kernel: str) -> np.ndarray:
+    """Same bits as ``_valid_conv_parity_fft`` via the C extension (exact GF(2)[z] arithmetic)."""
+    if _gf2mul is None or sys.byteorder != "little":
+        raise ValueError("backend: the C extension qkdflow.distill._gf2mul is not available or disabled")
+    n = x.size
+    kx, km = -(-n // 64), -(-m // 64)  # words of input / output
+    q = _pad_words(min(kx, km), _gf2mul.BASE_WORDS)  # square block size in words
+    cols, rows = -(-kx // q), -(-km // q)
+    h_bits = 64 * q
+    xw = np.zeros(cols * q, np.uint64)
+    xp = np.packbits(x, bitorder="little")
+    xw.view(np.uint8)[: xp.size] = xp
+    # S = z^(N - n + 1) s (N = cols * H): then y_i = sum_j S[i + N - j] x_j, the kernel's convention.
+    off = cols * h_bits - n + 1
+    sbits = np.zeros((rows + cols) * h_bits, np.uint8)
+    sbits[off : off + s.size] = s
+    sw = np.packbits(sbits, bitorder="little").view(np.uint64)
+    yw = np.empty(rows * q, np.uint64)
+    _gf2mul.toeplitz_words(sw, xw, yw, q, rows, cols, kernel)
+    return np.unpackbits(yw.view(np.uint8), count=m, bitorder="little")
+
+
+def _valid_conv_parity(x: np.ndarray, s: np.ndarray, m: int, backend: str) -> np.ndarray:
     """Bits ``y_i = (s * x)[i + n - 1] mod 2`` for ``i < m``; ``len(s) == len(x) + m - 1``."""
+    if backend == "fft":
+        return _valid_conv_parity_fft(x, s, m)
+    return _valid_conv_parity_c(x, s, m, "auto" if backend == "clmul" else backend)
+
+
+def _valid_conv_parity_fft(x: np.ndarray, s: np.ndarray, m: int) -> np.ndarray:
+    """Float64-FFT path of ``_valid_conv_parity`` (exact by the bound in the module docstring)."""
     n = x.size
     full = n + m - 1
     if n * m <= 4096:
@@ -138,14 +208,24 @@ def _valid_conv_parity(x: np.ndarray, s: np.ndarray, m: int) -> np.ndarray:
 
 
 def toeplitz_hash(
-    key_bits: np.ndarray, seed_bits: np.ndarray, out_len: int, *, modified: bool = False
+    key_bits: np.ndarray,
+    seed_bits: np.ndarray,
+    out_len: int,
+    *,
+    modified: bool = False,
+    backend: str | None = None,
 ) -> np.ndarray:
     """Hash ``n = len(key_bits)`` bits to ``out_len`` bits with the Toeplitz matrix given by ``seed_bits``.
 
     ``key_bits``/``seed_bits``: 1-D uint8 (0/1) or bool arrays; ``len(seed_bits)`` must equal
     ``seed_length(n, out_len, modified=modified)``.  Returns a uint8 0/1 array of length ``out_len``.
-    Exact (see module docstring); ``n <= MAX_INPUT_BITS``.
+    Exact (see module docstring); ``n <= MAX_INPUT_BITS``.  ``backend``: ``None`` uses ``BACKEND``;
+    ``"fft"`` or ``"clmul"`` force a path (for tests and benchmarks; all paths give identical bits).
     """
+    if backend is None:
+        backend = BACKEND
+    elif backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS} or None, got {backend!r}")
     x = _as_bits(key_bits, "key_bits")
     s = _as_bits(seed_bits, "seed_bits")
     n = x.size
@@ -155,10 +235,10 @@ def toeplitz_hash(
     if s.size != need:
         raise ValueError(f"seed_bits must have length {need} for n={n}, out_len={m}, got {s.size}")
     if not modified:
-        return _valid_conv_parity(x, s, m)
+        return _valid_conv_parity(x, s, m, backend)
     if m == n:  # T' has no columns: (I | T') = I
         return x.copy()
-    y = _valid_conv_parity(x[m:], s, m)
+    y = _valid_conv_parity(x[m:], s, m, backend)
     y ^= x[:m]
     return y
 

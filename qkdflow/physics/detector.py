@@ -41,7 +41,11 @@ class DetectorParams:
     """Bob's detector pair (two identical detectors per measurement) and Bob's optics.
 
     efficiency: per-photon detection efficiency eta_d of each detector; dark_count_per_gate: p_dc per detector per
-    gate (independent); afterpulse_probability: Lim 2014 model p_ap; dead_time_ns: not used by the closed form
+    gate (independent); afterpulse_probability: p_ap, the probability that a click triggers one more click of
+    the same detector in a later gate; afterpulse_model: "stationary" (default: afterpulses land in later gates of
+    any intensity class, see ``qkdflow.physics.link.afterpulse_rate``) or "lim2014" (Lim et al. 2014 Sec. IV:
+    R_k = D_k (1 + p_ap), errors + p_ap D_k / 2, i.e. afterpulses stay in the gate's own class — used to
+    reproduce that paper's numbers); dead_time_ns: not used by the closed form
     (no dead time; the Monte-Carlo agreement tests run with 0); gate_width_ns: effective gate for counting noise
     photons; bob_transmittance: Bob's optics before the detectors (excluding the WDM demux).
     """
@@ -49,6 +53,7 @@ class DetectorParams:
     efficiency: float = 0.1
     dark_count_per_gate: float = 1e-6
     afterpulse_probability: float = 0.0
+    afterpulse_model: str = "stationary"
     dead_time_ns: float = 0.0
     gate_width_ns: float = 1.0
     bob_transmittance: float = 1.0
@@ -57,6 +62,8 @@ class DetectorParams:
         check_unit_interval(f"{section}.efficiency", self.efficiency)
         check_unit_interval(f"{section}.dark_count_per_gate", self.dark_count_per_gate, open_high=True)
         check_unit_interval(f"{section}.afterpulse_probability", self.afterpulse_probability, open_high=True)
+        if self.afterpulse_model not in ("stationary", "lim2014"):
+            raise ValueError(f"{section}.afterpulse_model: must be stationary or lim2014, got {self.afterpulse_model!r}")
         check_nonneg(f"{section}.dead_time_ns", self.dead_time_ns)
         check_positive(f"{section}.gate_width_ns", self.gate_width_ns)
         check_unit_interval(f"{section}.bob_transmittance", self.bob_transmittance)
@@ -115,8 +122,8 @@ PRESETS = {
 }
 PRESETS["snsdp"] = PRESETS["snspd"]
 
-_FIELDS = {"preset", "efficiency", "dark_count_per_gate", "afterpulse_probability", "dead_time_ns", "gate_width_ns",
-           "bob_transmittance", "dark_bias_scale"}
+_FIELDS = {"preset", "efficiency", "dark_count_per_gate", "afterpulse_probability", "afterpulse_model",
+           "dead_time_ns", "gate_width_ns", "bob_transmittance", "dark_bias_scale"}
 
 
 def detector_from_dict(cfg: dict | None, section: str = "detector") -> DetectorParams:

@@ -228,13 +228,11 @@ class LinkModel:
         T = self.channel_transmittance(L)
         nb = self.noise(L)
         n_noise = nb.total
-        common = dict(transmittance=T, efficiency=det.efficiency, dark_count_per_gate=det.dark_count_per_gate,
-                      noise_photons_per_gate=n_noise, misalignment=p.misalignment,
-                      state_prep_error=p.state_prep_error, afterpulse_probability=det.afterpulse_probability)
+        common = _detection_args(p, T, n_noise)
         dets = {k: detection_probabilities(mu_k, **common) for k, mu_k in zip(CLASSES, p.intensities)}
         gain = {k: d.gain for k, d in dets.items()}
         qber = {k: d.qber for k, d in dets.items()}
-        y0 = 1.0 - (1.0 - det.dark_count_per_gate) ** 2 * np.exp(-det.efficiency * n_noise)
+        y0 = 1.0 - (1.0 - common["dark_count_per_gate"]) ** 2 * np.exp(-det.efficiency * n_noise)
         y1_true, e1_true = photon_number_yield(1, **common)
         mu, nu, mv = p.intensities
         y1_l, e1_u = vacuum_weak_bounds(mu, nu, gain["signal"], gain["decoy"], dets["decoy"].error,
@@ -325,8 +323,7 @@ def finite_key_for(p: LinkParams, length_km: float, n_x: float, eps_sec_per_bit:
     T = float(LinkModel(p).channel_transmittance(length_km))
     n_noise = float(noise_budget(p.plan, length_km, p.loss_db_per_km, det.gate_width_ns, det.bob_transmittance,
                                  p.raman_model, p.temperature_k, p.raman_beta_per_km_nm).total)
-    d = detection_probabilities(p.intensities, T, det.efficiency, det.dark_count_per_gate, n_noise,
-                                p.misalignment, p.state_prep_error, det.afterpulse_probability)
+    d = detection_probabilities(p.intensities, **_detection_args(p, T, n_noise))
     n_pulses = n_x / (p.basis_bias**2 * float(np.dot(p.probabilities, d.gain)))
     eps = p.eps_sec if eps_sec_per_bit is None else eps_sec_per_bit * n_x
     for _ in range(1 if eps_sec_per_bit is None else 4):
@@ -359,3 +356,52 @@ def optimise_finite_key(params: dict | LinkParams, length_km: float, n_x: float,
     if not (start["mu_signal"] > start["mu_decoy"] + vac):
         raise ValueError("preparation.intensities: Lim 2014 needs signal > decoy + vacuum")
     return optimise_parameters(objective, start, vac, n_starts=n_starts, seed=seed)
+
+
+def afterpulse_rate(p: "LinkParams", transmittance: ArrayLike, n_noise: ArrayLike) -> np.ndarray:
+    """Stationary afterpulse click probability per detector per gate, a (the "stationary" model).
+
+    Every click of a detector (photon, dark count or afterpulse) triggers, with probability p_ap, one more click of
+    that detector in a later gate (the Monte-Carlo detector's model). Afterpulses therefore land in gates of every
+    intensity class and basis, independent of the photons in that gate, and act like an extra dark count of
+    probability a per detector per gate. With c(a) the mean click probability of one detector per gate over all
+    classes and both basis-match cases (computed with dark count 1 - (1-p_dc)(1-a)), a solves a = p_ap c(a)
+    (the cascade of afterpulses of afterpulses included); solved by fixed-point iteration (contraction: p_ap < 1).
+    Exact for an afterpulse delay spanning many gates; dead time ignored, as elsewhere in the closed form.
+    Lim et al. 2014's R_k = D_k(1 + p_ap) keeps afterpulses in their own class instead, which makes the vacuum
+    decoy's gain far too small whenever afterpulsing is not negligible.
+    """
+    det = p.detector
+    p_ap = det.afterpulse_probability
+    T = np.asarray(transmittance, dtype=float)
+    if p_ap == 0:
+        return np.zeros_like(T)
+    q = p.basis_bias
+    match = q * q + (1 - q) * (1 - q)  # Bob's active basis choice has the same bias
+    a = np.zeros_like(T)
+    for _ in range(50):
+        pdc = 1.0 - (1.0 - det.dark_count_per_gate) * (1.0 - a)
+        c = np.zeros_like(T)
+        for mu_k, p_k in zip(p.intensities, p.probabilities):
+            for matched, w in ((True, match), (False, 1.0 - match)):
+                d = detection_probabilities(mu_k, T, det.efficiency, pdc, n_noise, p.misalignment,
+                                            p.state_prep_error, 0.0, matched=matched)
+                c = c + p_k * w * (d.gain + d.double) / 2.0  # P(c) + P(w) = gain + double
+        a_new = p_ap * c
+        if np.all(np.abs(a_new - a) <= 1e-12 * np.maximum(a_new, 1e-300)):
+            return a_new
+        a = a_new
+    return a
+
+
+def _detection_args(p: "LinkParams", T: ArrayLike, n_noise: ArrayLike) -> dict:
+    """Keyword arguments of ``detection_probabilities`` for this link, afterpulse model applied."""
+    det = p.detector
+    args = dict(transmittance=T, efficiency=det.efficiency, dark_count_per_gate=det.dark_count_per_gate,
+                noise_photons_per_gate=n_noise, misalignment=p.misalignment, state_prep_error=p.state_prep_error,
+                afterpulse_probability=det.afterpulse_probability)
+    if det.afterpulse_model == "stationary" and det.afterpulse_probability > 0:
+        a = afterpulse_rate(p, T, n_noise)
+        args["dark_count_per_gate"] = 1.0 - (1.0 - det.dark_count_per_gate) * (1.0 - a)
+        args["afterpulse_probability"] = 0.0
+    return args

@@ -61,6 +61,7 @@ class BlockRunner(threading.Thread):
         self.in_edges, self.out_edges = in_edges, out_edges
         self.stats = BlockStats()
         self.error: NodeFailure | None = None
+        self._msg_eos_sent = False
 
     # sockets are made in the thread that uses them (ZeroMQ sockets are not thread-safe)
     def _open(self) -> None:
@@ -90,11 +91,13 @@ class BlockRunner(threading.Thread):
             self._fail(f"cannot open edge socket: {e}", "")
             self._close()
             return
+        started = stopped = False
         try:
             blk._emit = self._emit
             blk.start()
+            started = True
             self._loop()
-            self._send_eos(message_ports=True)
+            stopped = True
             blk.stop()
         except Stopped:
             pass
@@ -105,6 +108,11 @@ class BlockRunner(threading.Thread):
         except Exception as e:  # a bug or bad data inside a block: name it, keep the traceback for -v
             self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
         finally:
+            if started and not stopped:  # a failure elsewhere: still release files and sockets the block holds
+                try:
+                    blk.stop()
+                except Exception:
+                    pass
             self._close()
 
     def _close(self) -> None:
@@ -123,6 +131,8 @@ class BlockRunner(threading.Thread):
     def _emit(self, port: str, msg: dict) -> None:
         if self.block.port("out", port) is None:
             raise BlockError(f"emit on unknown output port {port!r}")
+        if self._msg_eos_sent:
+            raise BlockError(f"emit on {port!r} after the block said it had finished")
         for s in self.senders.get(port, ()):
             s.send_message(msg)
             self.stats.messages_out += 1
@@ -163,6 +173,7 @@ class BlockRunner(threading.Thread):
         source_done = not source
         msg_edges = [i for i, e in by_edge.items() if e.kind == "message"]
         streams_over = False
+        msg_eos_sent = False
         poller = zmq.Poller()
         registered: set[int] = set()
 
@@ -189,7 +200,12 @@ class BlockRunner(threading.Thread):
                 streams_over = True
                 self._send_outputs(blk.end())
                 self._send_eos(message_ports=False)
-            if streams_over and blk.finished():
+            if streams_over and not msg_eos_sent and blk.finished():
+                # done: tell every peer now, then keep reading until each peer has said the same, so no
+                # peer ever sends into a closed socket (message cycles end in any order)
+                self._send_eos(message_ports=True)
+                msg_eos_sent = self._msg_eos_sent = True
+            if msg_eos_sent and all(self.receivers[i].ended for i in msg_edges):
                 return
             # wait on what we can take: stream inputs with room, all message inputs
             want = {i for i, e in by_edge.items() if not self.receivers[i].ended
@@ -200,7 +216,7 @@ class BlockRunner(threading.Thread):
                 poller.register(self.receivers[i].sock, zmq.POLLIN)
             registered = want
             if not want:
-                if streams_over:
+                if streams_over and not msg_eos_sent:
                     raise BlockError("waiting for messages to finish its protocol, but every message input has ended")
                 time.sleep(POLL_MS / 1000)
                 continue

@@ -1,0 +1,90 @@
+"""Error correction, AAU half (Alice): answers Cascade parity requests or sends LDPC syndromes; counts the leak.
+
+Protocol: see ``blocks/reconcile_du.py`` (stage "ec"). Alice's key is the reference and never changes. The AAU
+counts every bit it discloses (Cascade: the parity bits of its replies; LDPC: m - p per syndrome frame) and, on the
+DU's ``done``, checks that the DU's count equals its own before handing the block to verify_aau (a mismatch
+aborts the block at both ends). LDPC punctured symbols must be secret random bits: ``ldpc_seed`` unset (default)
+draws them from OS entropy; set it only for reproducible simulations.
+Ports: sync in/out; key in (sift_aau), key out (verify_aau); peer in/out (reconcile_du).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from qkdflow.distill import cascade
+from qkdflow.distill.protocol import AauHalf, KeyBlock, ProtocolError, sync_ports_in, sync_ports_out
+from qkdflow.runtime.block import Message
+from qkdflow.runtime.params import Param
+
+from .reconcile_du import METHOD_FIELDS, METHOD_PARAMS, ldpc_frames
+
+
+class ReconcileAau(AauHalf):
+    """Error correction, AAU half: Cascade parity answers or LDPC syndromes, exact leak accounting."""
+
+    stage = "ec"
+    config_fields = METHOD_FIELDS
+    params = METHOD_PARAMS + (
+        Param("ldpc_seed", int, None, doc="seed of the LDPC punctured bits (default: OS entropy)", low=0),
+    )
+    inputs = sync_ports_in() + (Message("key", kind="distill.key", optional=False, doc="from sift_aau"),
+                                Message("peer", kind="distill.ec", optional=False, doc="from reconcile_du"))
+    outputs = sync_ports_out() + (Message("key", kind="distill.key", doc="to verify_aau"),
+                                  Message("peer", kind="distill.ec", doc="to reconcile_du"))
+
+    def start(self) -> None:
+        super().start()
+        self._alice_ldpc = None
+        if self.method == "ldpc":
+            from qkdflow.distill import ldpc
+            codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
+            self._alice_ldpc = ldpc.LdpcAlice(codes, seed=self.ldpc_seed, efficiency=self.ldpc_efficiency)
+
+    def on_peer(self, blk: KeyBlock, type_: str, msg: dict) -> None:
+        st = blk.state
+        if type_ == "start" and "leak" not in st:
+            if msg.get("method") != self.method or int(msg.get("n", -1)) != blk.bits.size:
+                raise ProtocolError(f"start for method {msg.get('method')!r}, n {msg.get('n')} does not match this "
+                                    f"block ({self.method}, n {blk.bits.size})")
+            q = float(msg["qber_estimate"])
+            st["leak"] = 0
+            if self.method == "cascade":
+                try:
+                    st["alice"] = cascade.CascadeAlice(blk.bits, int(msg["cascade_seed"]), self.cascade_variant, q)
+                except ValueError as e:
+                    raise ProtocolError(str(e)) from None
+                if msg.get("request"):
+                    self._answer(blk, msg["request"])
+            else:
+                frames = ldpc_frames(blk.bits, self._alice_ldpc.frame_bits)
+                out = []
+                try:
+                    for i, fb in enumerate(frames):
+                        sm = self._alice_ldpc.encode(fb, q, frame_id=(blk.num << 16) + i)
+                        st["leak"] += sm.leak_bits
+                        out.append(sm.to_bytes())
+                except ValueError as e:
+                    self.abort(blk, f"LDPC: {e}")
+                    return
+                self.send_peer(blk, "syndromes", frames=out)
+        elif type_ == "request" and "alice" in st:
+            self._answer(blk, msg["request"])
+        elif type_ == "done" and "leak" in st:
+            if int(msg.get("leak_bits", -1)) != st["leak"]:
+                self.abort(blk, f"leak accounting disagrees: DU counts {msg.get('leak_bits')} bits, the AAU "
+                                f"disclosed {st['leak']}")
+                return
+            blk.info["leak_ec"] = st["leak"]
+            st.pop("alice", None)
+            self.send_peer(blk, "done_ok")
+            self.complete(blk, blk.bits)
+        else:
+            raise ProtocolError(f"unexpected {type_!r} in stage ec")
+
+    def _answer(self, blk: KeyBlock, raw: bytes) -> None:
+        try:
+            rep = blk.state["alice"].answer(cascade.ParityRequest.from_bytes(raw))
+        except ValueError as e:
+            raise ProtocolError(f"Cascade request: {e}") from None
+        blk.state["leak"] += int(np.asarray(rep.bits).size)
+        self.send_peer(blk, "reply", reply=rep.to_bytes())

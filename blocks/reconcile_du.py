@@ -1,0 +1,141 @@
+"""Error correction, DU half (Bob): Cascade (interactive) or rate-adaptive LDPC (one-way), chosen per flowgraph.
+
+Stage "ec". The DU corrects its key towards the AAU's (Alice's key is the reference).
+  * ``method: cascade`` (``qkdflow.distill.cascade``, Brassard & Salvail 1993 with the variants of Martinez-Mateo
+    et al., QIC 15 (2015)): ``start`` {method, n, qber_estimate, cascade_seed, request} then ``request`` /
+    ``reply`` round trips, one message per Cascade round carrying every parity asked in that round (all open
+    binary searches batched; ``CascadeBob`` schedule). The per-block permutation seed is public:
+    ``cascade_seed = seed * 2^32 + block number``.
+  * ``method: ldpc`` (``qkdflow.distill.ldpc``, Elkouss et al., ITW 2010): ``start`` {method, n, qber_estimate};
+    the AAU answers ``syndromes`` with one syndrome per frame of the block (all frames in one message). The key is
+    zero-padded to whole frames at both ends (public padding: the syndrome leak is charged in full for the last
+    frame, which over-counts, never under-counts). A frame that does not converge aborts the block.
+  * Then ``done`` {leak_bits, errors_corrected}; the AAU compares the leak with the parity/syndrome bits it
+    disclosed itself and answers ``done_ok`` (or aborts). Only then does the block move on.
+Leak = exactly the bits disclosed: Cascade reply parity bits (``CascadeBob.leak_bits``); LDPC sum of (m - p) per
+frame (``SyndromeMessage.leak_bits``). Key-basis QBER after correction = corrected errors / n (reported).
+Abort notices from estimate_du are relayed to reconcile_aau, which holds the AAU's copy of that block.
+Ports: sync in/out; key in (estimate_du), key out (verify_du); peer in/out (reconcile_aau).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from qkdflow.distill import cascade
+from qkdflow.distill.protocol import DuHalf, KeyBlock, ProtocolError, binary_entropy, envelope, sync_ports_in, \
+    sync_ports_out
+from qkdflow.runtime.block import Message
+from qkdflow.runtime.params import Param
+
+METHOD_PARAMS = (
+    Param("method", str, "cascade", doc="error-correction method", choices=("cascade", "ldpc")),
+    Param("cascade_variant", str, "hybrid", doc="Cascade parameter set (qkdflow.distill.cascade.VARIANTS)",
+          choices=tuple(sorted(cascade.VARIANTS))),
+    Param("ldpc_code_bits", int, 10_000, unit="bits", doc="LDPC mother-code length n", low=256, high=4_000_000),
+    Param("ldpc_code_seed", int, 1, doc="seed of the LDPC code construction (both ends)", low=0),
+    Param("ldpc_efficiency", float, 1.1, doc="target reconciliation efficiency f (code rate choice)", low=1.0),
+)
+METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed", "ldpc_efficiency")
+
+
+def ldpc_frames(bits: np.ndarray, frame_bits: int) -> np.ndarray:
+    """Zero-pad the key to whole LDPC frames: shape (n_frames, frame_bits)."""
+    n_frames = max(1, -(-bits.size // frame_bits))
+    padded = np.zeros(n_frames * frame_bits, dtype=np.uint8)
+    padded[:bits.size] = bits
+    return padded.reshape(n_frames, frame_bits)
+
+
+class ReconcileDu(DuHalf):
+    """Error correction, DU half: drives Cascade or decodes LDPC syndromes; leak counted exactly."""
+
+    stage = "ec"
+    config_fields = METHOD_FIELDS
+    params = METHOD_PARAMS + (
+        Param("seed", int, 0, doc="public seed of Cascade's shuffles (mixed with the block number)", low=0),
+        Param("ldpc_max_iterations", int, 200, doc="belief-propagation iterations per frame", low=1),
+    )
+    inputs = sync_ports_in() + (Message("key", kind="distill.key", optional=False, doc="from estimate_du"),
+                                Message("peer", kind="distill.ec", optional=False, doc="from reconcile_aau"))
+    outputs = sync_ports_out() + (Message("key", kind="distill.key", doc="to verify_du"),
+                                  Message("peer", kind="distill.ec", doc="to reconcile_aau"))
+
+    def start(self) -> None:
+        super().start()
+        self._bob_ldpc = None
+        if self.method == "ldpc":
+            from qkdflow.distill import ldpc
+            codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
+            self._bob_ldpc = ldpc.LdpcBob(codes, max_iterations=self.ldpc_max_iterations)
+            self._ldpc_frame_bits = ldpc.LdpcAlice(codes, seed=0, delta=ldpc.DEFAULT_DELTA).frame_bits
+
+    def relay_abort(self, msg: dict) -> None:
+        # estimate_du has no AAU half: the AAU's copy of the block sits in reconcile_aau.
+        if msg.get("stage") == "estimate":
+            self._send_raw(envelope("ec", "abort", str(msg["block"]), int(msg["num"]), 0,
+                                    reason=str(msg.get("reason", "")), origin="estimate"))
+        super().relay_abort(msg)
+
+    def begin(self, blk: KeyBlock) -> None:
+        q = float(min(max(blk.info["qber_estimate"], 1e-6), 0.49))
+        blk.state["q"] = q
+        if self.method == "cascade":
+            cs = (self.seed << 32) + blk.num
+            bob = cascade.CascadeBob(blk.bits, cs, self.cascade_variant, q)
+            blk.state["bob"] = bob
+            req = bob.next_request()
+            self.send_peer(blk, "start", method="cascade", n=int(blk.bits.size), qber_estimate=q, cascade_seed=cs,
+                           request=req.to_bytes() if req is not None else b"")
+            if req is None:
+                self._done_ec(blk, bob.corrected_key.copy(), bob.leak_bits)
+        else:
+            self.send_peer(blk, "start", method="ldpc", n=int(blk.bits.size), qber_estimate=q)
+
+    def on_peer(self, blk: KeyBlock, type_: str, msg: dict) -> None:
+        if type_ == "reply" and self.method == "cascade" and "corrected" not in blk.state:
+            bob = blk.state["bob"]
+            try:
+                bob.receive(cascade.ParityReply.from_bytes(msg["reply"]))
+            except (ValueError, KeyError) as e:
+                raise ProtocolError(f"Cascade reply: {e}") from None
+            req = bob.next_request()
+            if req is not None:
+                self.send_peer(blk, "request", request=req.to_bytes())
+            else:
+                self._done_ec(blk, bob.corrected_key.copy(), bob.leak_bits)
+        elif type_ == "syndromes" and self.method == "ldpc" and "corrected" not in blk.state:
+            from qkdflow.distill import ldpc
+            raw = msg.get("frames")
+            frames = ldpc_frames(blk.bits, self._ldpc_frame_bits)
+            if not isinstance(raw, list) or len(raw) != frames.shape[0]:
+                raise ProtocolError(f"expected {frames.shape[0]} LDPC syndromes")
+            out, leak = [], 0
+            for i, (fb, r) in enumerate(zip(frames, raw)):
+                try:
+                    sm = ldpc.SyndromeMessage.from_bytes(r)
+                    res = self._bob_ldpc.decode(fb, sm)
+                except ValueError as e:
+                    raise ProtocolError(f"LDPC syndrome {i}: {e}") from None
+                leak += res.leak_bits
+                if not res.converged:
+                    self.abort(blk, f"LDPC frame {i + 1} of {len(raw)} did not converge "
+                                    f"(QBER estimate {100 * blk.state['q']:.2f} %)")
+                    return
+                out.append(res.corrected)
+            corrected = np.concatenate(out)[:blk.bits.size].astype(np.uint8)
+            self._done_ec(blk, corrected, leak)
+        elif type_ == "done_ok" and "corrected" in blk.state:
+            self.complete(blk, blk.state["corrected"])
+        else:
+            raise ProtocolError(f"unexpected {type_!r} in stage ec")
+
+    def _done_ec(self, blk: KeyBlock, corrected: np.ndarray, leak: int) -> None:
+        errors = int(np.count_nonzero(corrected != blk.bits))
+        n = int(blk.bits.size)
+        q_key = errors / n
+        blk.state["corrected"] = corrected
+        blk.state.pop("bob", None)
+        h = binary_entropy(q_key)
+        blk.info.update(leak_ec=int(leak), errors_corrected=errors, qber_key=q_key, ec_method=self.method,
+                        ec_efficiency=(leak / (n * h)) if h > 0 else None)
+        self.send_peer(blk, "done", leak_bits=int(leak), errors_corrected=errors)

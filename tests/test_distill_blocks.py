@@ -1,0 +1,295 @@
+"""Key-distillation block halves driven in-process: each AAU/DU pair exchanges its peer messages through a FIFO."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from blocks.amplify_aau import AmplifyAau
+from blocks.amplify_du import AmplifyDu
+from blocks.estimate_du import EstimateDu
+from blocks.reconcile_aau import ReconcileAau
+from blocks.reconcile_du import ReconcileDu
+from blocks.sift_aau import SiftAau
+from blocks.sift_du import SiftDu, squash
+from blocks.verify_aau import VerifyAau
+from blocks.verify_du import VerifyDu
+from qkdflow import prng
+from qkdflow.distill import cascade
+from qkdflow.distill.protocol import key_length, pack_bits, unpack_bits
+from qkdflow.distill.toeplitz import toeplitz_hash
+from qkdflow.runtime.block import BlockError, Frame
+from qkdflow.streams import CLICK_DTYPE, PREP_DTYPE
+
+SOURCE = {"intensities": [0.6, 0.2, 0.0], "probabilities": [0.15, 0.55, 0.30], "basis_bias": 0.7}
+
+
+class Pair:
+    """Wire an AAU half and a DU half together: peer messages go through one FIFO, other ports are recorded."""
+
+    def __init__(self, aau, du):
+        self.aau, self.du = aau, du
+        self.q: deque = deque()
+        self.out = {"aau": [], "du": []}
+        self.wire: list = []
+        aau._emit = lambda p, m: self._route("aau", p, m)
+        du._emit = lambda p, m: self._route("du", p, m)
+        aau.start()
+        du.start()
+        self.run()
+
+    def _route(self, side, port, msg):
+        if port == "peer":
+            self.wire.append((side, msg))
+            self.q.append((self.du if side == "aau" else self.aau, msg))
+        else:
+            self.out[side].append((port, msg))
+
+    def run(self, tamper=None):
+        while self.q:
+            target, msg = self.q.popleft()
+            if tamper is not None:
+                msg = tamper(msg)
+            target.handle("peer", msg)
+
+    def keys(self, side):
+        return [m for p, m in self.out[side] if p == "key" and m["type"] == "key"]
+
+    def aborts(self, side):
+        return [m for p, m in self.out[side] if p == "key" and m["type"] == "abort"]
+
+
+def key_msg(num, bits, info, **extra):
+    return {"type": "key", "block": f"00000000-0000-4000-8000-{num:012d}", "num": num, "bits": pack_bits(bits),
+            "n_bits": int(bits.size), "info": info, **extra}
+
+
+# ---- sifting --------------------------------------------------------------------------------------------
+def test_squash_map():
+    rng = np.random.default_rng(0)
+    # Z/0, Z/1, Z double, X/1, cross-basis (Z/0 + X/1)
+    mask = np.array([0b0001, 0b0010, 0b0011, 0b1000, 0b1001] * 400, np.uint8)
+    basis, bit, double, cross = squash(mask, rng)
+    assert (basis[0::5] == 0).all() and (bit[0::5] == 0).all()
+    assert (basis[1::5] == 0).all() and (bit[1::5] == 1).all()
+    assert (basis[3::5] == 1).all() and (bit[3::5] == 1).all()
+    assert double.sum() == 400 and cross.sum() == 400
+    assert 150 < bit[2::5].sum() < 250          # random bit for a double click
+    assert 150 < basis[4::5].sum() < 250        # random basis for a cross-basis click
+    with pytest.raises(ValueError, match="no detector bit"):
+        squash(np.array([0], np.uint8), rng)
+
+
+def _sift_run(bias, block_bits, n_slots, flip=0.0, seed=3):
+    """Prep descriptor with basis bias ``bias``; Bob measures every 20th slot with the same bias, bits flipped
+    with probability ``flip``."""
+    aau, du = SiftAau("sa", block_bits=block_bits), SiftDu("sd", block_bits=block_bits, squash_seed=1)
+    pair = Pair(aau, du)
+    desc = prng.prep_descriptor(seed, [0.15, 0.55, 0.30], bias)
+    rng = np.random.default_rng(seed)
+    frame = 200_000
+    for start in range(0, n_slots, frame):
+        stop = start + frame
+        meta = {"prep": desc, "intensities": [0.6, 0.2, 0.0], "rate_hz": 1e9}
+        aau.work({"prep": Frame(start, stop, np.zeros(0, PREP_DTYPE), meta=meta)})
+        slots = np.arange(start, stop, 20, dtype=np.int64)
+        _, a_basis, a_bit = prng.prep_choices(desc, slots)
+        b = (rng.random(slots.size) >= bias).astype(np.uint8)
+        val = np.where(b == a_basis, a_bit, rng.integers(0, 2, slots.size)) ^ (rng.random(slots.size) < flip)
+        clicks = np.zeros(slots.size, CLICK_DTYPE)
+        clicks["slot"], clicks["basis"], clicks["mask"] = slots, b, (1 << (2 * b + val)).astype(np.uint8)
+        du.work({"clicks": Frame(start, stop, clicks, meta={"rate_hz": 1e9})})
+        pair.run()
+    aau.end()
+    du.end()
+    pair.run()
+    return aau, du, pair, desc
+
+
+def test_sifting_biased_bases_gives_identical_keys_and_exact_block_size():
+    bias = 0.9
+    aau, du, pair, desc = _sift_run(bias, block_bits=5000, n_slots=2_000_000)
+    ka, kd = pair.keys("aau"), pair.keys("du")
+    assert len(ka) == len(kd) >= 2
+    for a, d in zip(ka, kd):
+        assert a["block"] == d["block"] and a["num"] == d["num"]
+        ba, bd = unpack_bits(a["bits"], a["n_bits"]), unpack_bits(d["bits"], d["n_bits"])
+        np.testing.assert_array_equal(ba, bd)  # no channel errors: sifted keys agree exactly
+        assert a["info"]["n_x"] == np.bincount(d["key_cls"], minlength=3).tolist()
+        assert d["info"]["source"]["basis_bias"] == bias
+    assert all(k["n_bits"] == 5000 for k in ka[:-1])  # cut exactly at block_bits
+    # efficient BB84: matched fraction is q^2 + (1-q)^2 of the clicks (binomial, 6 sigma)
+    clicks = du.counters["clicks"]
+    p = bias**2 + (1 - bias) ** 2
+    assert abs(du.counters["matched"] - clicks * p) < 6 * np.sqrt(clicks * p * (1 - p))
+    assert aau.finished() and du._done
+
+
+def test_sifted_test_basis_errors_reach_estimation():
+    aau, du, pair, _ = _sift_run(0.5, block_bits=4000, n_slots=1_000_000, flip=0.05)
+    d = pair.keys("du")[0]
+    err = np.asarray(d["test_err"], float)
+    assert abs(err.mean() - 0.05) < 6 * np.sqrt(0.05 * 0.95 / err.size)
+
+
+# ---- estimation ------------------------------------------------------------------------------------------
+def _estimate(err_rate, n_key=50_000, n_test=9_000, seed=0, **params):
+    rng = np.random.default_rng(seed)
+    est = EstimateDu("est", **params)
+    out = []
+    est._emit = lambda p, m: out.append((p, m))
+    est.start()
+    cls_k = rng.choice(3, n_key, p=[0.4499, 0.55, 0.0001]).astype(np.uint8)
+    cls_t = rng.choice(3, n_test, p=[0.45, 0.5499, 0.0001]).astype(np.uint8)
+    info = {"num": 17, "source": SOURCE, "n_key": n_key}
+    est.handle("key", key_msg(17, rng.integers(0, 2, n_key, dtype=np.uint8), info, key_cls=cls_k, test_cls=cls_t,
+                              test_err=(rng.random(n_test) < err_rate).astype(np.uint8)))
+    return est, out
+
+
+def test_estimate_aborts_above_qber_threshold(capsys):
+    est, out = _estimate(0.25, qber_threshold=0.11)
+    aborts = [m for p, m in out if m["type"] == "abort"]
+    assert len(aborts) == 1 and aborts[0]["num"] == 17 and aborts[0]["stage"] == "estimate"
+    assert "QBER" in aborts[0]["reason"] and "> 11 %" in aborts[0]["reason"]
+    assert est.counters["blocks_aborted"] == 1
+    assert "block 17 aborted: QBER 2" in capsys.readouterr().err
+
+
+def test_estimate_passes_a_good_block_with_counts():
+    est, out = _estimate(0.01)
+    keys = [m for p, m in out if m["type"] == "key"]
+    assert len(keys) == 1
+    info = keys[0]["info"]
+    assert sum(info["n_x"]) == 50_000 and info["l_estimate"] > 0 and 0.005 < info["qber_test"] < 0.015
+    assert est.counters["blocks_aborted"] == 0
+
+
+# ---- error correction ------------------------------------------------------------------------------------
+def _ec_pair(n=20_000, q=0.02, seed=4, **kw):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2, n, dtype=np.uint8)
+    b = a ^ (rng.random(n) < q).astype(np.uint8)
+    aau, du = ReconcileAau("ea", **kw.get("aau", {})), ReconcileDu("ed", **kw.get("du", {}))
+    pair = Pair(aau, du)
+    return pair, a, b
+
+
+def test_cascade_leak_equals_disclosed_parity_bits():
+    pair, a, b = _ec_pair()
+    pair.aau.handle("key", key_msg(1, a, {"num": 1}))
+    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": 0.02}))
+    pair.run()
+    ka, kd = pair.keys("aau"), pair.keys("du")
+    assert len(ka) == len(kd) == 1
+    disclosed = sum(cascade.ParityReply.from_bytes(m["reply"]).bits.size
+                    for side, m in pair.wire if side == "aau" and m["type"] == "reply")
+    assert ka[0]["info"]["leak_ec"] == kd[0]["info"]["leak_ec"] == disclosed > 0
+    np.testing.assert_array_equal(unpack_bits(kd[0]["bits"], kd[0]["n_bits"]), a)  # corrected to Alice's key
+    assert kd[0]["info"]["errors_corrected"] == int((a != b).sum())
+    msgs = sum(1 for _, m in pair.wire if m["type"] != "hello")
+    assert kd[0]["info"]["messages"]["ec"] == msgs
+
+
+def test_mismatched_method_fails_naming_both_values():
+    with pytest.raises(BlockError, match=r"method is 'cascade' at the DU but 'ldpc' at the AAU"):
+        Pair(ReconcileAau("ea", method="ldpc", ldpc_code_bits=256), ReconcileDu("ed", method="cascade"))
+
+
+def test_mismatched_block_bits_fails_naming_both_values():
+    with pytest.raises(BlockError, match=r"block_bits is 2000 at the DU but 1000 at the AAU"):
+        Pair(SiftAau("sa", block_bits=1000), SiftDu("sd", block_bits=2000))
+
+
+def test_estimate_abort_is_relayed_to_the_aau_holding_the_block():
+    pair, a, b = _ec_pair(n=2000)
+    pair.aau.handle("key", key_msg(3, a, {"num": 3}))
+    pair.du.handle("key", {"type": "abort", "block": key_msg(3, a, {})["block"], "num": 3, "stage": "estimate",
+                           "reason": "QBER 30 % > 11 %"})
+    pair.run()
+    assert pair.aau.counters["blocks_aborted"] == 1 and not pair.aau._held
+    assert [m["num"] for m in pair.aborts("aau")] == [3]
+
+
+# ---- verification ----------------------------------------------------------------------------------------
+def _verify(a, b, tamper=None):
+    pair = Pair(VerifyAau("va", seed=1), VerifyDu("vd"))
+    info = {"num": 5}
+    pair.aau.handle("key", key_msg(5, a, dict(info)))
+    pair.du.handle("key", key_msg(5, b, dict(info)))
+    pair.run(tamper)
+    return pair
+
+
+def test_verification_mismatch_discards_at_both_ends():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 2, 10_000, dtype=np.uint8)
+    b = a.copy()
+    b[1234] ^= 1
+    pair = _verify(a, b)
+    assert not pair.keys("aau") and not pair.keys("du")
+    assert pair.aau.counters["blocks_aborted"] == pair.du.counters["blocks_aborted"] == 1
+    assert "mismatch" in pair.aborts("du")[0]["reason"]
+    good = _verify(a, a.copy())
+    assert len(good.keys("aau")) == len(good.keys("du")) == 1
+    assert good.keys("du")[0]["info"]["leak_verify"] == 61
+
+
+def test_message_for_wrong_block_id_aborts_that_block():
+    a = np.random.default_rng(3).integers(0, 2, 5000, dtype=np.uint8)
+
+    def tamper(msg):
+        if msg.get("type") == "request":
+            msg = dict(msg, block="00000000-0000-4000-8000-999999999999")
+        return msg
+
+    pair = _verify(a, a.copy(), tamper)
+    assert not pair.keys("aau") and not pair.keys("du")
+    assert "wrong block id" in pair.aborts("aau")[0]["reason"]
+    assert pair.du.counters["blocks_aborted"] == 1
+
+
+def test_message_out_of_sequence_aborts_that_block():
+    a = np.random.default_rng(3).integers(0, 2, 5000, dtype=np.uint8)
+    pair = _verify(a, a.copy(), lambda m: dict(m, seq=7) if m.get("type") == "tag" else m)
+    assert not pair.keys("du") and "out of sequence" in pair.aborts("du")[0]["reason"]
+
+
+# ---- privacy amplification -------------------------------------------------------------------------------
+def test_pa_output_length_matches_finite_key_formula():
+    rng = np.random.default_rng(8)
+    n = 50_000
+    bits = rng.integers(0, 2, n, dtype=np.uint8)
+    info = {"num": 2, "source": SOURCE, "n_x": [22400, 27597, 3], "n_z": [4100, 5060, 2], "m_z": [30, 60, 1],
+            "leak_ec": 4200, "leak_verify": 61}
+    pair = Pair(AmplifyAau("pa", seed=5), AmplifyDu("pd"))
+    pair.aau.handle("key", key_msg(2, bits, dict(info)))
+    pair.du.handle("key", key_msg(2, bits, dict(info)))
+    pair.run()
+    expect = int(key_length(info["n_x"], info["n_z"], info["m_z"], SOURCE, 1e-10, 1e-12, 4261).length)
+    ka, kd = pair.keys("aau")[0], pair.keys("du")[0]
+    assert 0 < expect < n and ka["n_bits"] == kd["n_bits"] == expect
+    np.testing.assert_array_equal(unpack_bits(ka["bits"], expect), unpack_bits(kd["bits"], expect))
+    seed_msg = next(m for s, m in pair.wire if m["type"] == "seed")
+    seed = unpack_bits(seed_msg["seed"], seed_msg["n_seed"])
+    np.testing.assert_array_equal(unpack_bits(kd["bits"], expect), toeplitz_hash(bits, seed, expect))
+    # more leak -> shorter key, bit for bit as the formula says
+    pair2 = Pair(AmplifyAau("pa", seed=5), AmplifyDu("pd"))
+    info2 = dict(info, leak_ec=6200)
+    pair2.aau.handle("key", key_msg(2, bits, dict(info2)))
+    pair2.du.handle("key", key_msg(2, bits, dict(info2)))
+    pair2.run()
+    assert pair2.keys("du")[0]["n_bits"] == expect - 2000
+
+
+def test_pa_aborts_when_the_aau_counts_a_different_leak():
+    bits = np.random.default_rng(9).integers(0, 2, 50_000, dtype=np.uint8)
+    info = {"num": 2, "source": SOURCE, "n_x": [22400, 27597, 3], "n_z": [4100, 5060, 2], "m_z": [30, 60, 1],
+            "leak_ec": 4200, "leak_verify": 61}
+    pair = Pair(AmplifyAau("pa", seed=5), AmplifyDu("pd"))
+    pair.aau.handle("key", key_msg(2, bits, dict(info, leak_ec=4100)))
+    pair.du.handle("key", key_msg(2, bits, dict(info)))
+    pair.run()
+    assert not pair.keys("aau") and not pair.keys("du")
+    assert "leak" in pair.aborts("du")[0]["reason"]
