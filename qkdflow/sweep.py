@@ -386,14 +386,45 @@ def _mc_jobs(sw: dict, workdir: str) -> list[dict]:
                 ovs += [f"{preps[0]}.total_slots={mc['slots']}", f"{preps[0]}.seed={seed}",
                         f"{mons[0]}.output_dir=", f"{mons[0]}.table=none", f"{mons[0]}.plots=false"]
                 ovs += [f"{d}.seed={seed + 202}" for d in dets]
+                jdir = os.path.join(workdir, f"job{len(jobs)}")
+                os.makedirs(jdir, exist_ok=True)
                 if len(g.nodes) > 1:  # private ipc endpoints: parallel jobs never share a port
-                    jdir = os.path.join(workdir, f"job{len(jobs)}")
-                    os.makedirs(jdir, exist_ok=True)
                     for n in g.nodes:
                         ovs += [f"nodes.{n}.transport=ipc", f"nodes.{n}.ipc_dir={jdir}"]
-                job.update(path=sw["flowgraph"], overrides=ovs, monitor=mons[0])
+                path = _monitor_only(sw["flowgraph"], g, mons[0], jdir)
+                job.update(path=path, overrides=ovs, monitor=mons[0])
             jobs.append(job)
     return jobs
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _monitor_only(path: str, g, monitor: str, jdir: str) -> str:
+    """The base flowgraph without the blocks the monitor does not depend on (key distillation, key stores,
+    fronthaul traffic): a Monte-Carlo point needs only the link, and parallel points must not share key stores."""
+    keep, todo = {monitor}, [monitor]
+    while todo:
+        b = todo.pop()
+        for e in g.edges:
+            if e.dst == b and e.src not in keep:
+                keep.add(e.src)
+                todo.append(e.src)
+    if keep == set(g.blocks):
+        return path
+    doc = _plain(g.raw)
+    doc["blocks"] = {b: v for b, v in doc["blocks"].items() if b in keep}
+    doc["connections"] = [c for c in doc.get("connections") or []
+                          if c[0].split(".")[0] in keep and c[1].split(".")[0] in keep]
+    out = os.path.join(jdir, "link.yaml")
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return out
 
 
 def _run_job(job: dict, timeout_s: float) -> dict:

@@ -328,6 +328,8 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
                     err(nd, k, f"nodes.{nname}.{k}", f"must be a string, got {nd[k]!r}")
                 else:
                     setattr(spec, k, nd[k])
+        if spec.psk_file and not os.path.isabs(spec.psk_file):  # input files resolve beside the flowgraph
+            spec.psk_file = os.path.join(os.path.dirname(os.path.abspath(path)), spec.psk_file)
         if spec.transport not in ("tcp", "ipc"):
             err(nd, "transport", f"nodes.{nname}.transport", f"must be tcp or ipc, got {spec.transport!r}")
         if "port" in nd:
