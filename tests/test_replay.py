@@ -101,8 +101,9 @@ def test_replay_recovers_simulated_clicks_and_gains(recorded, name):
     assert sim_rep["mon"]["class_clicks"][0] > 10_000
 
 
-def test_shipped_record_and_replay_flowgraphs_run_end_to_end(tmp_path, cli_env):
-    """flowgraphs/record.yaml makes a recording that flowgraphs/replay.yaml (link_monitor) replays via the CLI."""
+def test_shipped_record_and_replay_flowgraphs_run_end_to_end(tmp_path, cli_env, ports):
+    """flowgraphs/record.yaml makes a recording that flowgraphs/replay.yaml replays via the CLI as two processes
+    (aau, du): monitor and key distillation, the same key committed at both ends."""
     import json
     import os
     import subprocess
@@ -111,14 +112,22 @@ def test_shipped_record_and_replay_flowgraphs_run_end_to_end(tmp_path, cli_env):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cli = [sys.executable, "-m", "qkdflow.runtime.cli", "run", "--json", "-q"]
     common = ["-p", f"tags={tmp_path / 'r.ptu'}", "-p", f"alice={tmp_path / 'a.npy'}"]
-    r = subprocess.run(cli + ["flowgraphs/record.yaml", "-p", "slots=1048576"] + common, capture_output=True,
+    # 5 x 2^20 slots hold ~63k sifted key-basis bits: one 5e4-bit block (the rest is below min_block_bits)
+    r = subprocess.run(cli + ["flowgraphs/record.yaml", "-p", "slots=5242880"] + common, capture_output=True,
                        text=True, env=cli_env, timeout=120, cwd=root)
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout.strip().splitlines()[-1])["nodes"]["main"]
-    r = subprocess.run(cli + ["flowgraphs/replay.yaml", "-p", "spf=262144"] + common, capture_output=True,
-                       text=True, env=cli_env, timeout=120, cwd=root)
+    base = ports(20)
+    r = subprocess.run(cli + ["flowgraphs/replay.yaml", "-p", "spf=262144", "-p", f"nodes.aau.port={base}",
+                              "-p", f"nodes.du.port={base + 10}", "-p", f"keys_aau={tmp_path / 'ka.sqlite'}",
+                              "-p", f"keys_du={tmp_path / 'kd.sqlite'}"] + common,
+                       capture_output=True, text=True, env=cli_env, timeout=120, cwd=root)
     assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout.strip().splitlines()[-1])["nodes"]["main"]
-    assert rep["slots"]["clicks_out"] == rec["det"]["clicks"] > 1000
-    assert rep["slots"]["frames_out"] == 4 and rep["mon"]["frames_in"] == 8
-    assert rep["slots"]["offset_slots"] == 0 and abs(rep["slots"]["drift_ppm"] - 1.0) < 0.02
+    nodes = json.loads(r.stdout.strip().splitlines()[-1])["nodes"]
+    du, aau = nodes["du"], nodes["aau"]
+    assert du["slots"]["clicks_out"] == rec["det"]["clicks"] > 1000
+    assert du["slots"]["frames_out"] == 20 and du["mon"]["frames_in"] == 40
+    assert du["slots"]["offset_slots"] == 0 and abs(du["slots"]["drift_ppm"] - 1.0) < 0.02
+    store = du["store_d"]
+    assert store["blocks_committed"] == 1 and store["sifted_bits"] == 50_000 and store["qber_key"] < 0.03
+    assert store["final_key_bits"] == aau["store_a"]["final_key_bits"] > 1024

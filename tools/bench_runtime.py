@@ -79,8 +79,9 @@ def qkdflow(args: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--mib", type=int, default=2048, help="MiB moved per throughput run")
+    ap.add_argument("--mib", type=int, default=8192, help="MiB moved per throughput run")
     ap.add_argument("--small-frames", type=int, default=20000)
+    ap.add_argument("--only", choices=("throughput", "overhead", "rss"), help="run one part")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     tmp = tempfile.mkdtemp(prefix="qkdflow-bench-")
@@ -88,7 +89,7 @@ def main() -> None:
     results: dict = {"runs": args.runs}
 
     # 1. two node processes, 1 MiB frames
-    for transport in ("ipc", "tcp"):
+    for transport in ("ipc", "tcp") if args.only in (None, "throughput") else ():
         bare, ours = [], []
         for _ in range(args.runs):
             if transport == "tcp":
@@ -118,10 +119,11 @@ def main() -> None:
         return flowgraph(f"{tmp}/chain{k}.yaml",
                          f"blocks:\n  src: {{type: slot_source, frames: {args.small_frames}, slots_per_frame: 64,"
                          f" pattern: zeros}}\n{blocks}\n  sink: {{type: null_sink}}\nconnections:\n{conns}\n")
-    t0 = statistics.median(timed([qkdflow(["run", chain(0), "-q"])], env) for _ in range(args.runs))
-    t5 = statistics.median(timed([qkdflow(["run", chain(5), "-q"])], env) for _ in range(args.runs))
-    results["per_frame_per_block_us"] = round((t5 - t0) / (args.small_frames * 5) * 1e6, 2)
-    results["chain0_s"], results["chain5_s"] = round(t0, 3), round(t5, 3)
+    if args.only in (None, "overhead"):
+        t0 = statistics.median(timed([qkdflow(["run", chain(0), "-q"])], env) for _ in range(args.runs))
+        t5 = statistics.median(timed([qkdflow(["run", chain(5), "-q"])], env) for _ in range(args.runs))
+        results["per_frame_per_block_us"] = round((t5 - t0) / (args.small_frames * 5) * 1e6, 2)
+        results["chain0_s"], results["chain5_s"] = round(t0, 3), round(t5, 3)
 
     # 3. peak RSS with a sink 10x slower than its source (1 MiB frames)
     def rss(frames: int) -> float:
@@ -137,7 +139,8 @@ def main() -> None:
                              env=env, check=True).stdout
         return int(out.split()[-1]) / 1024
     # the ramp source takes ~1 ms per 1 MiB frame; the sink sleeps 10 ms: 10x slower
-    results["peak_rss_MiB"] = {"50_frames": round(rss(50), 1), "500_frames": round(rss(500), 1)}
+    if args.only in (None, "rss"):
+        results["peak_rss_MiB"] = {"50_frames": round(rss(50), 1), "500_frames": round(rss(500), 1)}
     print(json.dumps(results, indent=1))
 
 

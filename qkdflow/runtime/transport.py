@@ -32,8 +32,6 @@ class EdgeSender:
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, queue_frames)
         self.sock.setsockopt(zmq.LINGER, 2000)
-        if address.startswith("tcp://"):
-            self.sock.setsockopt(zmq.SNDBUF, 1 << 20)
         (self.sock.bind if bind else self.sock.connect)(address)
         self.seq = 0
         self.stop = stop
@@ -85,8 +83,6 @@ class EdgeReceiver:
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, queue_frames)
         self.sock.setsockopt(zmq.LINGER, 0)
-        if address.startswith("tcp://"):
-            self.sock.setsockopt(zmq.RCVBUF, 1 << 20)
         (self.sock.bind if bind else self.sock.connect)(address)
         self.expect = 0
         self.dtype = dtype
