@@ -142,14 +142,15 @@ class KeystoreDu(DuHalf):
     def stop(self) -> None:
         self.store.close()
         r = self.report()  # the main job's last word: what the key distillation delivered
-        cf_bps = (r.get("closed_form") or {}).get("secure_key_rate_bps", float("nan"))
+        cf_bps = (r.get("closed_form") or {}).get("secure_key_rate_bps")
+        cf = "n/a (no simulated link)" if cf_bps is None else f"{cf_bps:.4g} bit/s"
         qber = "-" if r["qber_key"] is None else f"{100 * r['qber_key']:.2f} %"
         f_ec = "" if r["ec_efficiency"] is None else f" (f = {r['ec_efficiency']:.3f})"
         self.log(f"key: {r['blocks_committed']} block(s) committed at both ends, {r['blocks_aborted']} aborted; "
                  f"sifted {r['sifted_bits']} bits, QBER {qber}, leak {r['leak_ec_bits'] + r['leak_verify_bits']} "
                  f"bits{f_ec}, final key {r['final_key_bits']} bits = {r['secure_key_rate_bps']:.4g} bit/s of the "
                  f"simulated clock (eps_sec {r['eps_sec']}, eps_cor {r['eps_cor']}); closed-form finite key for the "
-                 f"same blocks: {cf_bps:.4g} bit/s")
+                 f"same blocks: {cf}")
 
     # ---- the run's summary -------------------------------------------------------------------------
     def report(self) -> dict:
@@ -191,6 +192,8 @@ class KeystoreDu(DuHalf):
     def _prediction(self, recs: list[dict], out: dict) -> dict:
         if self.graph is None:
             return {"error": "no flowgraph"}
+        if not any(spec.type == "detector" for spec in self.graph.blocks.values()):
+            return {"error": "no simulated detector in this flowgraph (a recording): nothing to predict"}
         try:
             from qkdflow.physics.from_graph import closed_form_params
             from qkdflow.physics.link import finite_key_for, parse_params

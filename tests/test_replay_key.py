@@ -74,7 +74,8 @@ def _stored(path: str) -> list[tuple[str, bytes]]:
     """Committed blocks (id, key bytes) in commit order."""
     con = sqlite3.connect(path)
     try:
-        return con.execute("SELECT block_id, key FROM blocks WHERE state = 'committed' ORDER BY commit_order").fetchall()
+        return con.execute("SELECT block_id, key FROM blocks WHERE state = 'committed' "
+                           "ORDER BY commit_order").fetchall()
     finally:
         con.close()
 

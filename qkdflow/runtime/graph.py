@@ -450,6 +450,12 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
                 continue
             ends.append((b, port, p))
         if None in ends:
+            # an edge to a block that failed validation still "connects" its other end: no follow-on errors
+            for end, direction, ep in zip(ends, ("out", "in"), c[:2]):
+                other = c[1] if direction == "out" else c[0]
+                if end is not None and other.partition(".")[0] in blocks_doc and other.partition(".")[0] not in blocks:
+                    (used_outputs.add((end[0], end[1])) if direction == "out"
+                     else seen_inputs.setdefault((end[0], end[1]), i))
             continue
         (sb, sp, sport), (db, dp, dport) = ends
         if isinstance(sport, Stream) != isinstance(dport, Stream):

@@ -277,7 +277,8 @@ class NodeRunner:
         if name not in graph.nodes:
             raise KeyError(f"no node {name!r} in flowgraph {graph.name} (nodes: {', '.join(graph.nodes)})")
         self.graph, self.name = graph, name
-        self.ctx = ctx or zmq.Context.instance()
+        self._own_ctx = ctx is None  # our own context is termed at the end: last parts leave before exit
+        self.ctx = ctx or zmq.Context()
         self.stop = threading.Event()
         self.bound = threading.Event()
         self._lock = threading.Lock()
@@ -348,4 +349,9 @@ class NodeRunner:
             self.fail(NodeFailure(self.name, "-", "interrupted"))
             for r in self.runners:
                 r.join(1.0)
+        if self._own_ctx:
+            if any(r.is_alive() for r in self.runners):
+                self.ctx.destroy(linger=0)  # a stuck thread: do not wait on its sockets
+            else:
+                self.ctx.term()  # blocks until queued parts reached their peers (or LINGER_MS passed)
         return NodeResult(self.name, self.failure is None, self.failure, self.summary(), time.perf_counter() - t0)

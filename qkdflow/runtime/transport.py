@@ -18,6 +18,7 @@ from . import wire
 from .block import Frame
 
 POLL_MS = 50
+LINGER_MS = 30000  # how long an ending node waits for its last parts to reach a slow peer
 
 
 class Stopped(Exception):
@@ -31,7 +32,10 @@ class EdgeSender:
                  with_dtype: bool, label: str, auth=None) -> None:
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, queue_frames)
-        self.sock.setsockopt(zmq.LINGER, 2000)
+        # Queue only on a live connection (a connect-side PUSH would otherwise queue into a pipe to a peer that is
+        # not there yet), and give queued parts time to leave when the node ends: the node terms its context.
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         (self.sock.bind if bind else self.sock.connect)(address)
         self.seq = 0
         self.stop = stop
