@@ -164,11 +164,7 @@ class LinkMonitor(Block):
         c = clk.data
         if c.size == 0:
             return None
-        if prep.data.size:  # dense prep (recorded file or dense: true)
-            rows = prep.data[c["slot"] - prep.start]
-            cls, basis, bit = rows["intensity"], rows["basis"], rows["bit"]
-        else:
-            cls, basis, bit = prng.prep_choices(prep.meta["prep"], c["slot"])
+        cls, basis, bit = prng.frame_choices(prep, c["slot"])
         matched = basis == c["basis"]
         bob = (c["mask"] >> (2 * c["basis"])) & 3
         right = ((bob >> bit) & 1).astype(bool)

@@ -20,13 +20,13 @@ from collections import deque
 import numpy as np
 
 from qkdflow import prng
-from qkdflow.distill.protocol import (Half, KeyBlock, envelope, pack_bits, parse, sync_ports_out)
+from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, envelope, pack_bits, parse, sync_ports_out)
 from qkdflow.runtime.block import BlockError, Message, Stream
 from qkdflow.runtime.params import Param
 from qkdflow.streams import PREP_DTYPE
 
 
-class SiftAau(Half):
+class SiftAau(BlockSizeMixin, Half):
     """Sifting, AAU half: basis match, decoy-class announcement and test-basis bits for the DU's clicks."""
 
     stage = "sift"
@@ -42,15 +42,6 @@ class SiftAau(Half):
               Message("peer", kind="distill.sift", optional=False, doc="from sift_du"))
     outputs = sync_ports_out() + (Message("key", kind="distill.key", doc="Alice's sifted blocks to reconcile_aau"),
                                   Message("peer", kind="distill.sift", doc="to sift_du"))
-
-    def validate(self) -> list[str]:
-        if self.min_block_bits is not None and self.min_block_bits > self.block_bits:
-            return [f"min_block_bits: {self.min_block_bits} exceeds block_bits {self.block_bits}"]
-        return []
-
-    def config(self) -> dict:
-        mb = self.min_block_bits if self.min_block_bits is not None else self.block_bits // 2
-        return {"block_bits": self.block_bits, "min_block_bits": mb}
 
     def start(self) -> None:
         super().start()

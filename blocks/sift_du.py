@@ -30,7 +30,7 @@ from collections import deque
 
 import numpy as np
 
-from qkdflow.distill.protocol import (Half, KeyBlock, ProtocolError, envelope, new_block_id, parse,
+from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, ProtocolError, envelope, new_block_id, parse,
                                       sync_ports_out, unpack_bits)
 from qkdflow.runtime.block import BlockError, Message, Stream
 from qkdflow.runtime.params import Param
@@ -59,7 +59,7 @@ def squash(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return basis, bit, double, cross
 
 
-class SiftDu(Half):
+class SiftDu(BlockSizeMixin, Half):
     """Sifting, DU half: squash, announce detections, receive match/decoy/test-bit answers, cut key blocks."""
 
     stage = "sift"
@@ -76,15 +76,6 @@ class SiftDu(Half):
               Message("peer", kind="distill.sift", optional=False, doc="from sift_aau"))
     outputs = sync_ports_out() + (Message("key", kind="distill.key", doc="sifted blocks to estimate_du"),
                                   Message("peer", kind="distill.sift", doc="to sift_aau"))
-
-    def validate(self) -> list[str]:
-        if self.min_block_bits is not None and self.min_block_bits > self.block_bits:
-            return [f"min_block_bits: {self.min_block_bits} exceeds block_bits {self.block_bits}"]
-        return []
-
-    def config(self) -> dict:
-        mb = self.min_block_bits if self.min_block_bits is not None else self.block_bits // 2
-        return {"block_bits": self.block_bits, "min_block_bits": mb}
 
     def start(self) -> None:
         super().start()

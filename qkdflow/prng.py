@@ -115,3 +115,12 @@ def prep_choices(descriptor: Mapping, slots: np.ndarray) -> tuple[np.ndarray, np
     basis = (uniform(seed, STREAM_BASIS, slots) >= float(descriptor["basis_bias"])).astype(np.uint8)
     bit = (random_u64(seed, STREAM_BIT, slots) >> np.uint64(63)).astype(np.uint8)
     return intensity, basis, bit
+
+
+def frame_choices(frame, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Alice's (intensity, basis, bit) for ``slots`` of a preparation frame: its dense rows when it carries a
+    recorded or dense record, else recomputed from the descriptor in its meta (cost ∝ len(slots))."""
+    if frame.data.size:
+        rows = frame.data[np.asarray(slots) - frame.start]
+        return rows["intensity"], rows["basis"], rows["bit"]
+    return prep_choices(frame.meta["prep"], slots)

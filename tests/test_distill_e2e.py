@@ -4,17 +4,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 
 import numpy as np
 import pytest
 import yaml
-import zmq
 
 from qkdflow.distill.keystore import KeyStore
 from qkdflow.distill.protocol import key_length
 from qkdflow.runtime.graph import load_flowgraph
-from qkdflow.runtime.scheduler import NodeRunner
+from qkdflow.runtime.scheduler import run_nodes_in_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "flowgraphs", "distill_test.yaml")
@@ -35,14 +33,7 @@ def run(tmp_path, ports, *, eve: float | None = None, block_bits: int = 50_000, 
     sa, sd = str(tmp_path / "aau.sqlite"), str(tmp_path / "du.sqlite")
     g = load_flowgraph(str(path), [f"nodes.aau.port={base}", f"nodes.du.port={base + 6}",
                                    f"store_a.store_path={sa}", f"store_d.store_path={sd}", *overrides])
-    ctx = zmq.Context()
-    res = {}
-    ts = [threading.Thread(target=lambda n=n: res.__setitem__(n, NodeRunner(g, n, ctx=ctx).run(timeout_s=90)))
-          for n in ("du", "aau")]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    res = run_nodes_in_threads(g, timeout_s=90)
     assert res["aau"].ok and res["du"].ok, (res["aau"].failure, res["du"].failure)
     return res["aau"].blocks, res["du"].blocks, sa, sd
 

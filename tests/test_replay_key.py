@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 
 import numpy as np
 import pytest
 import yaml
-import zmq
 
 from qkdflow.runtime.graph import load_flowgraph
-from qkdflow.runtime.scheduler import NodeRunner
+from qkdflow.runtime.scheduler import run_nodes_in_threads
 from qkdflow.timetag import PtuReader, write_ptu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,14 +42,7 @@ def _load(path: str) -> dict:
 def _run_two_nodes(path: str, overrides: list[str], ports) -> tuple[dict, dict]:
     base = ports(20)
     g = load_flowgraph(path, [f"nodes.aau.port={base}", f"nodes.du.port={base + 10}", *overrides])
-    ctx = zmq.Context()
-    res: dict = {}
-    ts = [threading.Thread(target=lambda n=n: res.__setitem__(n, NodeRunner(g, n, ctx=ctx).run(timeout_s=90)))
-          for n in ("du", "aau")]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    res = run_nodes_in_threads(g, timeout_s=90)
     assert res["aau"].ok and res["du"].ok, (res["aau"].failure, res["du"].failure)
     return res["aau"].blocks, res["du"].blocks
 

@@ -16,7 +16,7 @@ import zmq
 from qkdflow.runtime import wire
 from qkdflow.runtime.block import Frame, Tag
 from qkdflow.runtime.graph import FlowgraphError, load_flowgraph
-from qkdflow.runtime.scheduler import NodeRunner
+from qkdflow.runtime.scheduler import NodeRunner, run_nodes_in_threads
 from qkdflow.runtime.transport import EdgeReceiver, EdgeSender
 
 QKDFLOW = [sys.executable, "-m", "qkdflow.runtime.cli"]
@@ -189,15 +189,7 @@ def test_message_cycle_between_nodes_ends_cleanly(tmp_path, ports):
           - [pong.pong, ping.pong]
         """)
     g = load_flowgraph(path)
-    ctx = zmq.Context()
-    import threading
-    results = {}
-    ts = [threading.Thread(target=lambda n=n: results.__setitem__(n, NodeRunner(g, n, ctx=ctx).run(timeout_s=30)))
-          for n in ("du", "aau")]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    results = run_nodes_in_threads(g, timeout_s=30)
     assert results["aau"].ok and results["du"].ok, (results["aau"].failure, results["du"].failure)
     assert results["aau"].blocks["ping"]["pongs"] == 20
     assert results["du"].blocks["pong"]["pings"] == 20

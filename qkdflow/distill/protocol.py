@@ -539,3 +539,16 @@ def binary_entropy(p: float) -> float:
     if p <= 0.0 or p >= 1.0:
         return 0.0
     return float(-p * np.log2(p) - (1 - p) * np.log2(1 - p))
+
+
+class BlockSizeMixin:
+    """``block_bits`` / ``min_block_bits`` checks and the config both sifting halves exchange."""
+
+    def validate(self) -> list[str]:
+        if self.min_block_bits is not None and self.min_block_bits > self.block_bits:
+            return [f"min_block_bits: {self.min_block_bits} exceeds block_bits {self.block_bits}"]
+        return []
+
+    def config(self) -> dict:
+        mb = self.min_block_bits if self.min_block_bits is not None else self.block_bits // 2
+        return {"block_bits": self.block_bits, "min_block_bits": mb}

@@ -355,3 +355,18 @@ class NodeRunner:
             else:
                 self.ctx.term()  # blocks until queued parts reached their peers (or LINGER_MS passed)
         return NodeResult(self.name, self.failure is None, self.failure, self.summary(), time.perf_counter() - t0)
+
+
+def run_nodes_in_threads(graph: Graph, nodes: list[str] | None = None,
+                         timeout_s: float | None = None) -> dict[str, NodeResult]:
+    """Run every node (or the named ones) of a flowgraph in this process, a thread each — for tests and for
+    embedding qkdflow in another program. Edges between nodes still go over their ipc/tcp endpoints."""
+    runners = {n: NodeRunner(graph, n) for n in (nodes or list(graph.nodes))}
+    results: dict[str, NodeResult] = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, runners[n].run(timeout_s=timeout_s)))
+               for n in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
