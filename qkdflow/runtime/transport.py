@@ -34,7 +34,8 @@ class EdgeSender:
         self.sock.setsockopt(zmq.SNDHWM, queue_frames)
         # Queue only on a live connection (a connect-side PUSH would otherwise queue into a pipe to a peer that is
         # not there yet), and give queued parts time to leave when the node ends: the node terms its context.
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        if not address.startswith("inproc://"):  # inproc peers are bound before anyone connects
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         (self.sock.bind if bind else self.sock.connect)(address)
         self.seq = 0
