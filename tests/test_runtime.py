@@ -363,3 +363,22 @@ def test_psk_problems_are_load_errors(tmp_path, cli_env, ports):
                        capture_output=True, text=True, env=cli_env, timeout=60)
     assert r.returncode == 2 and "nodes.du.psk_file: pre-shared key file" in r.stderr and "bits" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cli_blocks_lists_every_type_and_graph_draws(tmp_path, cli_env):
+    root = os.path.dirname(os.path.dirname(__file__))
+    r = subprocess.run(QKDFLOW + ["blocks"], capture_output=True, text=True, env=cli_env, timeout=60, cwd=root)
+    assert r.returncode == 0
+    from qkdflow.runtime.graph import builtin_block_names
+    names = builtin_block_names()
+    assert len(names) > 30
+    for n in names:  # every module defines exactly one block, listed with its doc line
+        assert f"\n{n} [" in "\n" + r.stdout
+    assert "param length_km: float [km] [0, ], default 20.0" in r.stdout
+    png = tmp_path / "fg.png"
+    r = subprocess.run(QKDFLOW + ["graph", "flowgraphs/fronthaul.yaml", "-o", str(png)], capture_output=True,
+                       text=True, env=cli_env, timeout=60, cwd=root)
+    assert r.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = subprocess.run(QKDFLOW + ["check", "flowgraphs/fronthaul.yaml"], capture_output=True, text=True,
+                       env=cli_env, timeout=60, cwd=root)
+    assert r.returncode == 0 and "19 blocks, 38 edges (12 between nodes)" in r.stdout
