@@ -382,3 +382,42 @@ def test_cli_blocks_lists_every_type_and_graph_draws(tmp_path, cli_env):
     r = subprocess.run(QKDFLOW + ["check", "flowgraphs/fronthaul.yaml"], capture_output=True, text=True,
                        env=cli_env, timeout=60, cwd=root)
     assert r.returncode == 0 and "19 blocks, 38 edges (12 between nodes)" in r.stdout
+
+
+def test_curve_encrypted_edges_between_nodes(tmp_path, ports):
+    import shutil
+    import zmq.auth
+    keys, rogue = tmp_path / "keys", tmp_path / "rogue"
+    keys.mkdir()
+    rogue.mkdir()
+    for n in ("aau", "du"):
+        zmq.auth.create_certificates(str(keys), n)
+    base = ports(2)
+
+    def graph(aau_dir, du_dir, name):
+        return load_flowgraph(write(tmp_path, f"""\
+            nodes:
+              aau: {{port: {base}, curve_keys: "{aau_dir}"}}
+              du: {{port: {base + 1}, curve_keys: "{du_dir}"}}
+            blocks:
+              s: {{type: slot_source, node: aau, frames: 20, slots_per_frame: 1000}}
+              c: {{type: runtime_blocks:Collect, node: du}}
+            connections: [[s.out, c.in]]
+            """, name))
+
+    res = run_nodes_in_threads(graph(keys, keys, "ok.yaml"), timeout_s=30)
+    assert res["aau"].ok and res["du"].ok, (res["aau"].failure, res["du"].failure)
+    assert res["du"].blocks["c"]["checksum"] == sum(range(20000))
+    # an AAU with a key pair the DU does not know is refused by the DU's authenticator: nothing arrives
+    pub, sec = zmq.auth.create_certificates(str(rogue), "aau")
+    shutil.copy(keys / "du.key", rogue / "du.key")
+    res = run_nodes_in_threads(graph(rogue, keys, "rogue.yaml"), timeout_s=3)
+    assert not res["du"].ok and res["du"].blocks["c"]["n_frames"] == 0
+    assert "timed out" in res["du"].failure.reason
+    # curve_keys on one side only, or a missing certificate, are clear errors
+    text = open(tmp_path / "ok.yaml").read().replace(f', curve_keys: "{keys}"', "", 1)
+    assert any("nodes.aau.curve_keys: edge s.out -> c.in is CURVE-encrypted at node du" in e
+               for e in errors_of(write(tmp_path, text, "half.yaml")))
+    os.remove(keys / "aau.key")
+    with pytest.raises(ValueError, match="missing certificate"):
+        NodeRunner(graph(keys, keys, "missing.yaml"), "du")

@@ -39,7 +39,7 @@ from .block import Block, Message, Stream
 from .params import ParamError
 
 TOP_KEYS = {"flowgraph", "clock", "variables", "nodes", "blocks", "connections", "description", "options"}
-NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file"}
+NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file", "curve_keys"}
 EDGE_KEYS = {"endpoint", "queue_frames"}
 DEFAULT_QUEUE_FRAMES = 4
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -112,6 +112,7 @@ class NodeSpec:
     transport: str = "tcp"
     ipc_dir: str = "/tmp"
     psk_file: str | None = None  # pre-shared key: authenticates message edges to other nodes with one
+    curve_keys: str | None = None  # ZeroMQ CURVE certificates (tools/make_curve_keys.py): encrypts inter-node edges
 
 
 @dataclass
@@ -322,14 +323,16 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
             if k not in NODE_KEYS:
                 err(nd, k, f"nodes.{nname}.{k}", f"unknown field (allowed: {', '.join(sorted(NODE_KEYS))})")
         spec = NodeSpec(str(nname))
-        for k in ("host", "bind_host", "ipc_dir", "transport", "psk_file"):
+        for k in ("host", "bind_host", "ipc_dir", "transport", "psk_file", "curve_keys"):
             if k in nd:
                 if not isinstance(nd[k], str):
                     err(nd, k, f"nodes.{nname}.{k}", f"must be a string, got {nd[k]!r}")
                 else:
                     setattr(spec, k, nd[k])
-        if spec.psk_file and not os.path.isabs(spec.psk_file):  # input files resolve beside the flowgraph
-            spec.psk_file = os.path.join(os.path.dirname(os.path.abspath(path)), spec.psk_file)
+        for k in ("psk_file", "curve_keys"):  # input files resolve beside the flowgraph
+            v = getattr(spec, k)
+            if v and not os.path.isabs(v):
+                setattr(spec, k, os.path.join(os.path.dirname(os.path.abspath(path)), v))
         if spec.transport not in ("tcp", "ipc"):
             err(nd, "transport", f"nodes.{nname}.transport", f"must be tcp or ipc, got {spec.transport!r}")
         if "port" in nd:
@@ -531,6 +534,10 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
 
     for e in edges:
         sn, dn = blocks[e.src].node, blocks[e.dst].node
+        if sn != dn and bool(nodes[sn].curve_keys) != bool(nodes[dn].curve_keys):
+            has, lacks = (sn, dn) if nodes[sn].curve_keys else (dn, sn)
+            errors.append(f"{path}:{e.line}: nodes.{lacks}.curve_keys: edge {e.label} is CURVE-encrypted at node "
+                          f"{has} but node {lacks} has no curve_keys")
         if e.kind == "message" and sn != dn and bool(nodes[sn].psk_file) != bool(nodes[dn].psk_file):
             has, lacks = (sn, dn) if nodes[sn].psk_file else (dn, sn)
             errors.append(f"{path}:{e.line}: nodes.{lacks}.psk_file: message edge {e.label} is authenticated at node "

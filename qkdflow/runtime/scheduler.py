@@ -22,6 +22,7 @@ import zmq
 from . import wire
 from .block import DONE, Block, BlockError, Frame
 from .auth import AuthFailure, NodeAuth
+from .curve import NodeCurve
 from .graph import Edge, Graph
 from .transport import POLL_MS, EdgeReceiver, EdgeSender, Stopped
 
@@ -68,13 +69,14 @@ class BlockRunner(threading.Thread):
         ctx = self.node.ctx
         for e in self.in_edges:  # receivers always bind, senders connect (any start order works)
             self.receivers[e.index] = EdgeReceiver(ctx, e.address, True, e.queue_frames, e.dtype, e.label,
-                                                   auth=self.node.auth.by_edge.get(e.index))
+                                                   auth=self.node.auth.by_edge.get(e.index),
+                                                   curve=self.node.curve.server(e))
 
     def _connect(self) -> None:
         ctx, stop = self.node.ctx, self.node.stop
         for e in self.out_edges:
             sender = EdgeSender(ctx, e.connect, False, e.queue_frames, stop, with_dtype=e.dtype is None, label=e.label,
-                                auth=self.node.auth.by_edge.get(e.index))
+                                auth=self.node.auth.by_edge.get(e.index), curve=self.node.curve.client(e))
             self.senders.setdefault(e.src_port, []).append(sender)
 
     def run(self) -> None:
@@ -286,6 +288,7 @@ class NodeRunner:
         self.failure: NodeFailure | None = None
         self.status, self.status_period_s = status, status_period_s
         self.auth = NodeAuth(graph, name, self.stop)  # raises ValueError for a missing/short psk_file
+        self.curve = NodeCurve(graph, name, self.ctx)  # raises ValueError for missing CURVE certificates
         self.blocks = {b: graph.instantiate(b) for b in graph.blocks_of(name)}
         for blk in self.blocks.values():
             blk._replenish = self.auth.replenish
@@ -349,6 +352,7 @@ class NodeRunner:
             self.fail(NodeFailure(self.name, "-", "interrupted"))
             for r in self.runners:
                 r.join(1.0)
+        self.curve.stop()
         if self._own_ctx:
             if any(r.is_alive() for r in self.runners):
                 self.ctx.destroy(linger=0)  # a stuck thread: do not wait on its sockets

@@ -29,8 +29,10 @@ class EdgeSender:
     """The producing end of one edge."""
 
     def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, stop: threading.Event,
-                 with_dtype: bool, label: str, auth=None) -> None:
+                 with_dtype: bool, label: str, auth=None, curve: tuple | None = None) -> None:
         self.sock = ctx.socket(zmq.PUSH)
+        if curve is not None:  # (own public, own secret, server public): CURVE client
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.setsockopt(zmq.SNDHWM, queue_frames)
         # Queue only on a live connection (a connect-side PUSH would otherwise queue into a pipe to a peer that is
         # not there yet), and give queued parts time to leave when the node ends: the node terms its context.
@@ -84,8 +86,11 @@ class EdgeReceiver:
     """The consuming end of one edge; checks sequence numbers."""
 
     def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, dtype: np.dtype | None,
-                 label: str, auth=None) -> None:
+                 label: str, auth=None, curve: tuple | None = None) -> None:
         self.sock = ctx.socket(zmq.PULL)
+        if curve is not None:  # (own public, own secret): CURVE server; clients checked by the node's authenticator
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve
+            self.sock.curve_server = True
         self.sock.setsockopt(zmq.RCVHWM, queue_frames)
         self.sock.setsockopt(zmq.LINGER, 0)
         (self.sock.bind if bind else self.sock.connect)(address)
