@@ -2,7 +2,9 @@
 """Runtime benchmarks (issue: runtime figures). Whole-process timing, median of --runs runs.
 
 1. Throughput of 1 MiB frames between two node processes (ipc and tcp loopback), as a ratio to a
-   bare pyzmq PUSH/PULL pair of processes moving the same bytes, measured in the same command.
+   bare pyzmq PUSH/PULL pair of processes moving the same bytes, measured in the same command: whole
+   process (includes starting three Python processes against two) and steady state (the receiving side's
+   time from its start to its last frame: the sink block's run_s, the bare receiver's loop).
 2. Per-frame runtime overhead: small frames through an in-process chain of 5 copy blocks, minus
    the same graph with no copy block, per frame per block (µs).
 3. Peak RSS of a node whose sink is 10x slower than its source, for a short and a 10x longer run
@@ -39,9 +41,12 @@ BARE = textwrap.dedent("""
     role, addr, n, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     ctx = zmq.Context()
     if role == "rx":
+        import time
         s = ctx.socket(zmq.PULL); s.setsockopt(zmq.RCVHWM, 4); s.bind(addr)
+        t0 = time.perf_counter()
         for _ in range(n):
             s.recv(copy=False)
+        print(time.perf_counter() - t0)  # steady state: bind to last message
         s.close()
     else:
         s = ctx.socket(zmq.PUSH); s.setsockopt(zmq.SNDHWM, 4); s.connect(addr)
@@ -53,17 +58,25 @@ BARE = textwrap.dedent("""
 """)
 
 
-def timed(cmds: list[list[str]], env=None) -> float:
+def timed(cmds: list[list[str]], env=None, keep: list | None = None) -> float:
+    """Whole-process wall time of commands run together; their stdout is appended to ``keep``."""
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL) for c in cmds]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, text=True) for c in cmds]
+    outs = [p.communicate()[0] for p in procs]
     for p in procs:
-        if p.wait() != 0:
+        if p.returncode != 0:
             raise SystemExit(f"benchmark command failed: {' '.join(p.args)}")
+    if keep is not None:
+        keep.extend(outs)
     return time.perf_counter() - t0
 
 
-def bare_pair(addr: str, n: int, size: int) -> float:
-    return timed([[PY, "-c", BARE, "rx", addr, str(n), str(size)], [PY, "-c", BARE, "tx", addr, str(n), str(size)]])
+def bare_pair(addr: str, n: int, size: int, steady: list) -> float:
+    outs: list = []
+    t = timed([[PY, "-c", BARE, "rx", addr, str(n), str(size)], [PY, "-c", BARE, "tx", addr, str(n), str(size)]],
+              keep=outs)
+    steady.append(float(outs[0].split()[-1]))
+    return t
 
 
 def flowgraph(path: str, text: str) -> str:
@@ -90,13 +103,13 @@ def main() -> None:
 
     # 1. two node processes, 1 MiB frames
     for transport in ("ipc", "tcp") if args.only in (None, "throughput") else ():
-        bare, ours = [], []
+        bare, ours, bare_steady, ours_steady = [], [], [], []
         for _ in range(args.runs):
             if transport == "tcp":
                 addr, node = f"tcp://127.0.0.1:{free_port()}", f"{{port: {free_port()}}}"
             else:
                 addr, node = f"ipc://{tmp}/bare", f"{{transport: ipc, ipc_dir: {tmp}}}"
-            bare.append(bare_pair(addr, n, size))
+            bare.append(bare_pair(addr, n, size, bare_steady))
             fg = flowgraph(f"{tmp}/two.yaml", f"""\
                 flowgraph: bench2
                 nodes: {{aau: {{}}, du: {node}}}
@@ -105,11 +118,16 @@ def main() -> None:
                   sink: {{type: null_sink, node: du}}
                 connections: [[src.out, sink.in]]
                 """)
-            ours.append(timed([qkdflow(["run", fg, "-q"])], env))
+            outs: list = []
+            ours.append(timed([qkdflow(["run", fg, "-q", "--json"])], env, keep=outs))
+            ours_steady.append(json.loads(outs[0].strip().splitlines()[-1])["nodes"]["du"]["sink"]["run_s"])
         mb = n * size / 1e6
         b, o = statistics.median(bare), statistics.median(ours)
-        results[f"two_process_{transport}"] = {"bare_MBps": round(mb / b), "qkdflow_MBps": round(mb / o),
-                                               "ratio": round(b / o, 3)}
+        bs, os_ = statistics.median(bare_steady), statistics.median(ours_steady)
+        results[f"two_process_{transport}"] = {
+            "whole_process": {"bare_MBps": round(mb / b), "qkdflow_MBps": round(mb / o), "ratio": round(b / o, 3)},
+            "steady_state": {"bare_MBps": round(mb / bs), "qkdflow_MBps": round(mb / os_),
+                             "ratio": round(bs / os_, 3)}}
 
     # 2. per-frame overhead, 5 copy blocks vs none
     def chain(k: int) -> str:

@@ -36,6 +36,7 @@ class BlockStats:
     messages_in: int = 0
     messages_out: int = 0
     work_s: float = 0.0
+    run_s: float = 0.0  # start() to the end of the block's stream
 
 
 @dataclass
@@ -96,9 +97,11 @@ class BlockRunner(threading.Thread):
         started = stopped = False
         try:
             blk._emit = self._emit
+            t_run = time.perf_counter()
             blk.start()
             started = True
             self._loop()
+            self.stats.run_s = time.perf_counter() - t_run
             stopped = True
             blk.stop()
         except Stopped:
@@ -316,7 +319,8 @@ class NodeRunner:
         for r in self.runners:
             s = r.stats
             d = {"frames_in": s.frames_in, "frames_out": s.frames_out, "slots": s.slots, "items_out": s.items_out,
-                 "messages_in": s.messages_in, "messages_out": s.messages_out, "work_s": round(s.work_s, 6)}
+                 "messages_in": s.messages_in, "messages_out": s.messages_out, "work_s": round(s.work_s, 6),
+                 "run_s": round(s.run_s, 6)}
             d.update(r.block.counters)
             try:
                 d.update(r.block.report())
