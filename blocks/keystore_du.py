@@ -34,6 +34,8 @@ import numpy as np
 
 from qkdflow.distill.keystore import KeyBlockMeta, KeyStore
 from qkdflow.distill.protocol import DuHalf, KeyBlock, ProtocolError, binary_entropy, sync_ports_in
+from qkdflow.physics.from_graph import closed_form_params
+from qkdflow.physics.link import finite_key_for, parse_params
 from qkdflow.runtime.block import BlockError, Message
 from qkdflow.runtime.params import Param
 
@@ -195,8 +197,6 @@ class KeystoreDu(DuHalf):
         if not any(spec.type == "detector" for spec in self.graph.blocks.values()):
             return {"error": "no simulated detector in this flowgraph (a recording): nothing to predict"}
         try:
-            from qkdflow.physics.from_graph import closed_form_params
-            from qkdflow.physics.link import finite_key_for, parse_params
             params = closed_form_params(self.graph)
             meta = params.pop("meta", {})
             n_x = float(np.mean([r["n_key"] for r in recs])) if recs else float(self._block_bits_hint())

@@ -42,6 +42,8 @@ import numpy as np
 from qkdflow import prng
 from qkdflow.physics.decoy import binary_entropy, gllp_key_rate, vacuum_weak_bounds
 from qkdflow.physics.finite_key import lim2014_key_length
+from qkdflow.physics.from_graph import closed_form_params
+from qkdflow.physics.link import LinkModel
 from qkdflow.runtime.block import Block, Stream
 from qkdflow.runtime.params import Param
 from qkdflow.streams import CLICK_DTYPE, INTENSITY_NAMES, PREP_DTYPE
@@ -188,8 +190,6 @@ class LinkMonitor(Block):
     def _closed_form(self, n_pulses: float) -> dict | None:
         if not self.closed_form or self.graph is None:
             return None
-        from qkdflow.physics.from_graph import closed_form_params
-        from qkdflow.physics.link import LinkModel
 
         try:
             cf = closed_form_params(self.graph)

@@ -13,6 +13,7 @@ import numpy as np
 
 from qkdflow.distill import cascade
 from qkdflow.distill.protocol import AauHalf, KeyBlock, ProtocolError, sync_ports_in, sync_ports_out
+from qkdflow.distill import ldpc
 from qkdflow.runtime.block import Message
 from qkdflow.runtime.params import Param
 
@@ -36,7 +37,6 @@ class ReconcileAau(AauHalf):
         super().start()
         self._alice_ldpc = None
         if self.method == "ldpc":
-            from qkdflow.distill import ldpc
             codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
             self._alice_ldpc = ldpc.LdpcAlice(codes, seed=self.ldpc_seed, efficiency=self.ldpc_efficiency)
 

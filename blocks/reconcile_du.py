@@ -24,6 +24,7 @@ import numpy as np
 from qkdflow.distill import cascade
 from qkdflow.distill.protocol import DuHalf, KeyBlock, ProtocolError, binary_entropy, envelope, sync_ports_in, \
     sync_ports_out
+from qkdflow.distill import ldpc
 from qkdflow.runtime.block import Message
 from qkdflow.runtime.params import Param
 
@@ -64,7 +65,6 @@ class ReconcileDu(DuHalf):
         super().start()
         self._bob_ldpc = None
         if self.method == "ldpc":
-            from qkdflow.distill import ldpc
             codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
             self._bob_ldpc = ldpc.LdpcBob(codes, max_iterations=self.ldpc_max_iterations)
             self._ldpc_frame_bits = ldpc.LdpcAlice(codes, seed=0, delta=ldpc.DEFAULT_DELTA).frame_bits
@@ -104,7 +104,6 @@ class ReconcileDu(DuHalf):
             else:
                 self._done_ec(blk, bob.corrected_key.copy(), bob.leak_bits)
         elif type_ == "syndromes" and self.method == "ldpc" and "corrected" not in blk.state:
-            from qkdflow.distill import ldpc
             raw = msg.get("frames")
             frames = ldpc_frames(blk.bits, self._ldpc_frame_bits)
             if not isinstance(raw, list) or len(raw) != frames.shape[0]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from blocks.tag_recorder import parse_channel_map
 from qkdflow.runtime.block import Block, BlockError, Frame, Stream
 from qkdflow.runtime.params import Param
 from qkdflow.streams import CLICK_DTYPE, PREP_DTYPE, TAG_DTYPE
@@ -54,7 +55,6 @@ VIRTUAL_SYNC_SLOTS = 4096
 
 
 def _channel_map_check(v: dict) -> str | None:
-    from blocks.tag_recorder import parse_channel_map
     try:
         parse_channel_map(v)
     except ValueError as e:
@@ -111,7 +111,6 @@ class SlotAssigner(Block):
 
     # -- configuration ------------------------------------------------------------------------------------
     def _cmap(self) -> dict[int, tuple[int, int]]:
-        from blocks.tag_recorder import parse_channel_map
         return parse_channel_map(self.channel_map)
 
     def validate(self) -> list[str]:

@@ -421,3 +421,38 @@ def test_curve_encrypted_edges_between_nodes(tmp_path, ports):
     os.remove(keys / "aau.key")
     with pytest.raises(ValueError, match="missing certificate"):
         NodeRunner(graph(keys, keys, "missing.yaml"), "du")
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "single"])
+def test_both_schedulers_run_chains_cycles_and_report_failures(tmp_path, ports, scheduler):
+    base = ports(2)
+    path = write(tmp_path, f"""\
+        nodes:
+          aau: {{port: {base}, scheduler: {scheduler}}}
+          du: {{port: {base + 1}, scheduler: {scheduler}}}
+        blocks:
+          s: {{type: slot_source, node: aau, frames: 50, slots_per_frame: 100}}
+          a: {{type: copy, node: aau}}
+          ping: {{type: runtime_blocks:Pinger, node: du}}
+          pong: {{type: runtime_blocks:Ponger, node: aau}}
+        connections:
+          - [s.out, a.in]
+          - [a.out, ping.in]
+          - [ping.ping, pong.ping]
+          - [pong.pong, ping.pong]
+        """)
+    res = run_nodes_in_threads(load_flowgraph(path), timeout_s=30)
+    assert res["aau"].ok and res["du"].ok, (res["aau"].failure, res["du"].failure)
+    assert res["du"].blocks["ping"]["pongs"] == 50 and res["aau"].blocks["pong"]["pings"] == 50
+    assert res["aau"].blocks["a"]["frames_in"] == 50
+    crash = write(tmp_path, f"""\
+        nodes: {{main: {{scheduler: {scheduler}}}}}
+        blocks:
+          s: {{type: slot_source, frames: 100, slots_per_frame: 10}}
+          boom: {{type: runtime_blocks:Crash, after: 7}}
+          k: {{type: null_sink}}
+        connections: [[s.out, boom.in], [boom.out, k.in]]
+        """, "crash.yaml")
+    r = NodeRunner(load_flowgraph(crash), "main").run(timeout_s=30)
+    assert not r.ok and r.failure.block == "boom" and "deliberate failure" in r.failure.reason
+    assert r.blocks["k"]["frames_in"] <= 7

@@ -6,7 +6,7 @@
    process (includes starting three Python processes against two) and steady state (the receiving side's
    time from its start to its last frame: the sink block's run_s, the bare receiver's loop).
 2. Per-frame runtime overhead: small frames through an in-process chain of 5 copy blocks, minus
-   the same graph with no copy block, per frame per block (µs).
+   the same graph with no copy block, per frame per block (µs), for each scheduler (threads, single).
 3. Peak RSS of a node whose sink is 10x slower than its source, for a short and a 10x longer run
    (flat memory: the two peaks are equal within noise).
 
@@ -130,18 +130,20 @@ def main() -> None:
                              "ratio": round(bs / os_, 3)}}
 
     # 2. per-frame overhead, 5 copy blocks vs none
-    def chain(k: int) -> str:
+    def chain(k: int, scheduler: str) -> str:
         names = ["src"] + [f"c{i}" for i in range(k)] + ["sink"]
         blocks = "\n".join(f"  c{i}: {{type: copy}}" for i in range(k))
         conns = "\n".join(f"  - [{a}.out, {b}.in]" for a, b in zip(names, names[1:]))
-        return flowgraph(f"{tmp}/chain{k}.yaml",
+        return flowgraph(f"{tmp}/chain{k}-{scheduler}.yaml",
+                         f"nodes: {{main: {{scheduler: {scheduler}}}}}\n"
                          f"blocks:\n  src: {{type: slot_source, frames: {args.small_frames}, slots_per_frame: 64,"
                          f" pattern: zeros}}\n{blocks}\n  sink: {{type: null_sink}}\nconnections:\n{conns}\n")
     if args.only in (None, "overhead"):
-        t0 = statistics.median(timed([qkdflow(["run", chain(0), "-q"])], env) for _ in range(args.runs))
-        t5 = statistics.median(timed([qkdflow(["run", chain(5), "-q"])], env) for _ in range(args.runs))
-        results["per_frame_per_block_us"] = round((t5 - t0) / (args.small_frames * 5) * 1e6, 2)
-        results["chain0_s"], results["chain5_s"] = round(t0, 3), round(t5, 3)
+        for sched in ("threads", "single"):  # the two schedulers, each against its own empty chain
+            t0 = statistics.median(timed([qkdflow(["run", chain(0, sched), "-q"])], env) for _ in range(args.runs))
+            t5 = statistics.median(timed([qkdflow(["run", chain(5, sched), "-q"])], env) for _ in range(args.runs))
+            results[f"per_frame_per_block_us_{sched}"] = round((t5 - t0) / (args.small_frames * 5) * 1e6, 2)
+            results[f"chain0_s_{sched}"], results[f"chain5_s_{sched}"] = round(t0, 3), round(t5, 3)
 
     # 3. peak RSS with a sink 10x slower than its source (1 MiB frames)
     def rss(frames: int) -> float:

@@ -10,6 +10,7 @@ block failed and why.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -295,12 +296,19 @@ class NodeRunner:
         self.blocks = {b: graph.instantiate(b) for b in graph.blocks_of(name)}
         for blk in self.blocks.values():
             blk._replenish = self.auth.replenish
-        self.runners = [
-            BlockRunner(self, blk,
-                        [e for e in graph.edges if e.dst == b],
-                        [e for e in graph.edges if e.src == b])
-            for b, blk in self.blocks.items()
-        ]
+        in_edges = {b: [e for e in graph.edges if e.dst == b] for b in self.blocks}
+        out_edges = {b: [e for e in graph.edges if e.src == b] for b in self.blocks}
+        # QKDFLOW_SCHEDULER overrides every node's choice (used to run the whole suite under each scheduler)
+        if (os.environ.get("QKDFLOW_SCHEDULER") or graph.nodes[name].scheduler) == "single":
+            from .loop import CoopBlock, run_single
+
+            self.runners = [CoopBlock(self, blk, in_edges[b], out_edges[b]) for b, blk in self.blocks.items()]
+            self.threads = [threading.Thread(target=run_single, args=(self, self.runners), name=f"{name}:single",
+                                             daemon=True)]
+            self.bound.set()  # one thread binds every receiver before it connects any sender
+        else:
+            self.runners = [BlockRunner(self, blk, in_edges[b], out_edges[b]) for b, blk in self.blocks.items()]
+            self.threads = self.runners
 
     def opened(self) -> None:
         with self._lock:
@@ -334,12 +342,12 @@ class NodeRunner:
         if not self.runners:
             self.bound.set()
         # Binding order: receivers bind in their own threads; senders wait for `bound`.
-        for r in self.runners:
+        for r in self.threads:
             r.start()
         next_status = time.perf_counter() + self.status_period_s
         try:
-            while any(r.is_alive() for r in self.runners):
-                for r in self.runners:
+            while any(r.is_alive() for r in self.threads):
+                for r in self.threads:
                     r.join(0.05)
                 now = time.perf_counter()
                 if self.status is not None and now >= next_status:
@@ -349,16 +357,16 @@ class NodeRunner:
                     self.fail(NodeFailure(self.name, "-", f"timed out after {timeout_s:g} s"))
                 if self.stop.is_set():
                     deadline = time.perf_counter() + 1.5
-                    for r in self.runners:
+                    for r in self.threads:
                         r.join(max(0.0, deadline - time.perf_counter()))
                     break
         except KeyboardInterrupt:
             self.fail(NodeFailure(self.name, "-", "interrupted"))
-            for r in self.runners:
+            for r in self.threads:
                 r.join(1.0)
         self.curve.stop()
         if self._own_ctx:
-            if any(r.is_alive() for r in self.runners):
+            if any(r.is_alive() for r in self.threads):
                 self.ctx.destroy(linger=0)  # a stuck thread: do not wait on its sockets
             else:
                 self.ctx.term()  # blocks until queued parts reached their peers (or LINGER_MS passed)

@@ -18,6 +18,8 @@ from . import wire
 from .block import Frame
 
 POLL_MS = 50
+# plain ints: pyzmq's enum flags cost microseconds per operation on the hot path
+_NOBLOCK, _SNDMORE, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 LINGER_MS = 30000  # how long an ending node waits for its last parts to reach a slow peer
 
 
@@ -40,7 +42,8 @@ class EdgeSender:
             self.sock.setsockopt(zmq.IMMEDIATE, 1)
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         (self.sock.bind if bind else self.sock.connect)(address)
-        self.seq = 0
+        self.seq = 0  # parts numbered so far
+        self.sent = 0  # parts handed to ZeroMQ
         self.stop = stop
         self.with_dtype = with_dtype
         self.label = label
@@ -48,28 +51,54 @@ class EdgeSender:
         self.auth = auth  # runtime.auth.EdgeAuth on authenticated inter-node message edges
         self._dtype_cache: dict = {}
 
-    def _send(self, parts: list) -> None:
-        big = len(parts) > 1 and any(getattr(p, "nbytes", 0) >= wire.ZERO_COPY_BYTES for p in parts[1:])
-        try:  # the common case: room in the queue, no poll needed
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=not big)
-        except zmq.Again:
-            while not self.sock.poll(POLL_MS, zmq.POLLOUT):
-                if self.stop.is_set():
-                    raise Stopped
-            self.sock.send_multipart(parts, copy=not big)
-        self.seq += 1
-
-    def send_frame(self, frame: Frame) -> None:
+    # Parts are built (and numbered) first, then sent: blocking in a block thread (``send_*``), or
+    # non-blocking by the single-thread scheduler (``*_parts`` + ``try_send``).
+    def frame_parts(self, frame: Frame) -> list:
         if not isinstance(frame.data, np.ndarray) or frame.data.ndim != 1:
             raise TypeError(f"frame data for {self.label} must be a 1-D numpy array")
         self.bytes += frame.data.nbytes
-        self._send(wire.encode_frame(self.seq, frame, self.with_dtype, self._dtype_cache))
+        return self._numbered(wire.encode_frame(self.seq, frame, self.with_dtype, self._dtype_cache))
+
+    def message_parts(self, msg: dict) -> list:
+        return self._numbered(self._tagged(wire.encode_message(self.seq, msg)))
+
+    def eos_parts(self) -> list:
+        return self._numbered(self._tagged(wire.encode_eos(self.seq)))
+
+    def _numbered(self, parts: list) -> list:
+        self.seq += 1
+        return parts
+
+    def try_send(self, parts: list) -> bool:
+        """Send without waiting; False when the queue is full (nothing sent)."""
+        big = len(parts) > 1 and any(getattr(p, "nbytes", 0) >= wire.ZERO_COPY_BYTES for p in parts[1:])
+        # part by part with int flags (send_multipart's enum arithmetic costs more than the send); ZeroMQ checks
+        # the high-water mark on a message's first part only, so the rest cannot fail once it is accepted
+        send = self.sock.send
+        try:
+            send(parts[0], _NOBLOCK | _SNDMORE if len(parts) > 1 else _NOBLOCK, copy=True)
+        except zmq.Again:
+            return False
+        last = len(parts) - 1
+        for k in range(1, last + 1):
+            send(parts[k], _NOBLOCK | _SNDMORE if k < last else _NOBLOCK, copy=not big)
+        self.sent += 1
+        return True
+
+    def _send(self, parts: list) -> None:
+        while not self.try_send(parts):  # the common case sends at once, with no poll
+            while not self.sock.poll(POLL_MS, zmq.POLLOUT):
+                if self.stop.is_set():
+                    raise Stopped
+
+    def send_frame(self, frame: Frame) -> None:
+        self._send(self.frame_parts(frame))
 
     def send_message(self, msg: dict) -> None:
-        self._send(self._tagged(wire.encode_message(self.seq, msg)))
+        self._send(self.message_parts(msg))
 
     def send_eos(self) -> None:
-        self._send(self._tagged(wire.encode_eos(self.seq)))
+        self._send(self.eos_parts())
 
     def _tagged(self, parts: list) -> list:
         if self.auth is None:
@@ -100,14 +129,20 @@ class EdgeReceiver:
         self.ended = False
         self.auth = auth
         self._big = False
+        self._trailer_cache: dict = {}
 
-    def recv(self) -> tuple[int, object]:
-        """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble."""
+    def ready(self) -> bool:
+        """Whether a part is waiting (cheaper than a receive that raises zmq.Again)."""
+        return bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
+
+    def recv(self, flags: int = 0) -> tuple[int, object]:
+        """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble
+        (and ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is there)."""
         # zero-copy pays only for big payloads; guess from the last part seen on this edge
-        parts = self.sock.recv_multipart(copy=not self._big)
+        parts = self.sock.recv_multipart(flags, copy=not self._big)
         head = parts[0] if self._big is False else parts[0].bytes
         try:
-            kind, seq, start, stop, trailer = wire.decode_header(head)
+            kind, seq, start, stop, trailer = wire.decode_header(head, self._trailer_cache)
         except wire.WireError as e:
             raise wire.WireError(f"edge {self.label}: {e}") from None
         if seq != self.expect:

@@ -95,8 +95,10 @@ def encode_message(seq: int, msg: dict) -> list:
     return [HEADER.pack(MAGIC, VERSION, MESSAGE, len(js), seq, 0, 0) + js, *bufs]
 
 
-def decode_header(head: bytes) -> tuple[int, int, int, int, dict | None]:
-    """Return ``(kind, seq, start, stop, trailer)``; raise WireError on garbage."""
+def decode_header(head: bytes, cache: dict | None = None) -> tuple[int, int, int, int, dict | None]:
+    """Return ``(kind, seq, start, stop, trailer)``; raise WireError on garbage.
+
+    ``cache`` (per edge) remembers the last dtype-only DATA trailer: an untyped edge repeats it every frame."""
     if len(head) < HEADER.size:
         raise WireError(f"header too short ({len(head)} bytes)")
     magic, ver, kind, jlen, seq, start, stop = HEADER.unpack_from(head)
@@ -110,10 +112,16 @@ def decode_header(head: bytes) -> tuple[int, int, int, int, dict | None]:
         raise WireError(f"header length {len(head)} does not match trailer length {jlen}")
     trailer = None
     if jlen:
+        raw = head[HEADER.size:]
+        if cache is not None and kind == DATA and cache.get("raw") == raw:
+            return kind, seq, start, stop, cache["trailer"]
         try:
-            trailer = json.loads(head[HEADER.size:])
+            trailer = json.loads(raw)
         except ValueError as e:
             raise WireError(f"corrupt header trailer: {e}") from None
+        if cache is not None and kind == DATA and isinstance(trailer, dict) and trailer.keys() == {"dtype"}:
+            trailer["_np"] = _dtype(trailer["dtype"])  # parsed once per edge
+            cache["raw"], cache["trailer"] = bytes(raw), trailer
     return kind, seq, start, stop, trailer
 
 
@@ -129,7 +137,7 @@ def _dtype(spec: Any) -> np.dtype:
 def decode_frame(start: int, stop: int, trailer: dict | None, payload: Any, dtype: np.dtype | None) -> Frame:
     trailer = trailer or {}
     if "dtype" in trailer:
-        dtype = _dtype(trailer["dtype"])
+        dtype = trailer.get("_np") or _dtype(trailer["dtype"])
     if dtype is None:
         raise WireError("frame without dtype on an untyped port")
     buf = memoryview(payload)

@@ -1,0 +1,255 @@
+"""The single-thread scheduler: every block of a node stepped in turn by one thread (``scheduler: single``).
+
+Same edges (one ZeroMQ socket per edge), same semantics as the thread-per-block scheduler — frames aligned by
+slot range, messages handled as they arrive, explicit end of stream, ``finished()`` for protocol blocks — but no
+thread hand-offs or GIL contention: receives and sends never wait. A block whose output queue is full keeps its
+parts pending and is not stepped again until they leave (backpressure); when no block can make progress the
+thread polls every socket it waits on. Good for chains of light blocks; a node whose blocks do heavy numpy work
+on two cores may prefer the default threads.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from collections import deque
+
+import zmq
+
+from . import wire
+from .auth import AuthFailure
+from .block import DONE, Block, BlockError, Frame
+from .transport import POLL_MS, EdgeReceiver, EdgeSender
+
+
+class CoopBlock:
+    """One block's state under the single-thread scheduler (``stats`` and ``block`` as ``BlockRunner``)."""
+
+    def __init__(self, node, block: Block, in_edges: list, out_edges: list) -> None:
+        from .scheduler import BlockStats
+
+        self.node, self.block = node, block
+        self.in_edges, self.out_edges = in_edges, out_edges
+        self.stats = BlockStats()
+        self.receivers: dict[int, EdgeReceiver] = {}
+        self.senders: dict[str, list[EdgeSender]] = {}
+        self.pending: deque = deque()
+        self.by_edge = {e.index: e for e in in_edges}
+        self.queues: dict[str, deque] = {p.name: deque() for p in block.stream_inputs()
+                                         if any(e.dst_port == p.name for e in in_edges)}
+        self.msg_edges = [e.index for e in in_edges if e.kind == "message"]
+        self.pure_message = not block.stream_inputs() and not block.stream_outputs()
+        self.source = not block.stream_inputs() and not self.pure_message
+        self.source_done = not self.source
+        self.streams_over = self.msg_eos_sent = self.done = self.started = False
+        self.t_run = 0.0
+        self.local_senders: dict[int, EdgeSender] = {}  # in-edge index -> its sender, for edges inside the node
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def open(self) -> None:
+        n = self.node
+        for e in self.in_edges:
+            self.receivers[e.index] = EdgeReceiver(n.ctx, e.address, True, e.queue_frames, e.dtype, e.label,
+                                                   auth=n.auth.by_edge.get(e.index), curve=n.curve.server(e))
+
+    def connect(self) -> None:
+        n = self.node
+        for e in self.out_edges:
+            s = EdgeSender(n.ctx, e.connect, False, e.queue_frames, n.stop, with_dtype=e.dtype is None,
+                           label=e.label, auth=n.auth.by_edge.get(e.index), curve=n.curve.client(e))
+            self.senders.setdefault(e.src_port, []).append(s)
+
+    def start(self) -> None:
+        self.block._emit = self._emit
+        self.t_run = time.perf_counter()
+        self.block.start()
+        self.started = True
+
+    def close(self, failing: bool) -> None:
+        for r in self.receivers.values():
+            r.close()
+        for ss in self.senders.values():
+            for s in ss:
+                s.close(0 if failing else None)
+
+    # ---- sending (never waits) -------------------------------------------------------------------
+    def _emit(self, port: str, msg: dict) -> None:
+        if self.block.port("out", port) is None:
+            raise BlockError(f"emit on unknown output port {port!r}")
+        if self.msg_eos_sent:
+            raise BlockError(f"emit on {port!r} after the block said it had finished")
+        for s in self.senders.get(port, ()):
+            self.pending.append((s, s.message_parts(msg)))
+            self.stats.messages_out += 1
+
+    def _outputs(self, outs) -> None:
+        if not outs:
+            return
+        for port, frames in outs.items():
+            if frames is None:
+                continue
+            senders = self.senders.get(port)
+            if senders is None and self.block.port("out", port) is None:
+                raise BlockError(f"work returned a frame for unknown output port {port!r}")
+            for f in (frames if isinstance(frames, list) else (frames,)):
+                if not isinstance(f, Frame):
+                    raise BlockError(f"work returned {type(f).__name__} for port {port!r}, expected a Frame")
+                for s in senders or ():
+                    self.pending.append((s, s.frame_parts(f)))
+                self.stats.frames_out += 1
+                self.stats.items_out += len(f.data)
+
+    def _eos(self, message_ports: bool) -> None:
+        ports = self.block.message_outputs() if message_ports else self.block.stream_outputs()
+        for p in ports:
+            for s in self.senders.get(p.name, ()):
+                self.pending.append((s, s.eos_parts()))
+
+    def flush(self) -> bool:
+        moved = False
+        while self.pending:
+            s, parts = self.pending[0]
+            if not s.try_send(parts):
+                return moved
+            self.pending.popleft()
+            moved = True
+        return moved
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Do whatever can be done now without waiting; return whether anything happened."""
+        blk, st = self.block, self.stats
+        progressed = self.flush()
+        if self.pending:
+            return progressed
+        for i, e in self.by_edge.items():  # take what has arrived (one frame per stream input at most)
+            r = self.receivers[i]
+            if r.ended or (e.kind == "stream" and self.queues.get(e.dst_port)):
+                continue
+            local = self.local_senders.get(i)  # an edge inside this node: we know what its producer sent
+            if (r.expect >= local.sent) if local is not None else not r.ready():
+                continue
+            kind, obj = r.recv()
+            progressed = True
+            if kind == wire.EOS:
+                continue
+            if kind == wire.MESSAGE:
+                if e.kind != "message":
+                    raise wire.WireError(f"edge {e.label}: message on a stream edge")
+                st.messages_in += 1
+                blk.handle(e.dst_port, obj)
+            else:
+                if e.kind != "stream":
+                    raise wire.WireError(f"edge {e.label}: data frame on a message edge")
+                self.queues[e.dst_port].append(obj)
+        if self.pending:
+            return True
+        if self.source and not self.source_done:
+            t0 = time.perf_counter()
+            out = blk.work({})
+            st.work_s += time.perf_counter() - t0
+            if out is DONE:
+                self.source_done = True
+            elif out:
+                f = next((x for x in out.values() if isinstance(x, Frame)), None)
+                if f is not None:
+                    st.slots += f.slots
+                self._outputs(out)
+            return True
+        if self.queues and all(self.queues.values()):
+            ins = {p: q.popleft() for p, q in self.queues.items()}
+            first = next(iter(ins.values()))
+            for p, f in ins.items():
+                if (f.start, f.stop) != (first.start, first.stop):
+                    raise BlockError(f"misaligned input frames: {p} covers [{f.start}, {f.stop}) but "
+                                     f"{next(iter(ins))} covers [{first.start}, {first.stop})")
+            st.frames_in += len(ins)
+            st.slots += first.slots
+            t0 = time.perf_counter()
+            out = blk.work(ins)
+            st.work_s += time.perf_counter() - t0
+            if out is DONE:
+                raise BlockError("work returned DONE, which only sources may do")
+            self._outputs(out)
+            return True
+        ended = {self.by_edge[i].dst_port for i, r in self.receivers.items()
+                 if r.ended and self.by_edge[i].kind == "stream"}
+        if self.pure_message:
+            inputs_over = all(self.receivers[i].ended for i in self.msg_edges)
+        else:
+            inputs_over = self.source or (self.queues.keys() <= ended and not any(self.queues.values()))
+        if not self.streams_over and inputs_over:
+            self.streams_over = True
+            self._outputs(blk.end())
+            self._eos(message_ports=False)
+            progressed = True
+        if self.streams_over and not self.msg_eos_sent and blk.finished():
+            self._eos(message_ports=True)
+            self.msg_eos_sent = True
+            progressed = True
+        if self.msg_eos_sent and not self.pending and all(self.receivers[i].ended for i in self.msg_edges):
+            self.stats.run_s = time.perf_counter() - self.t_run
+            self.done = True
+            blk.stop()
+            progressed = True
+        elif (self.streams_over and not self.msg_eos_sent and not self.pending
+              and all(self.receivers[i].ended for i in self.msg_edges)):
+            raise BlockError("waiting for messages to finish its protocol, but every message input has ended")
+        return progressed
+
+    def waits(self) -> list[tuple[zmq.Socket, int]]:
+        """What this block is waiting on, for the node's poll."""
+        if self.done:
+            return []
+        if self.pending:
+            return [(self.pending[0][0].sock, zmq.POLLOUT)]
+        return [(self.receivers[i].sock, zmq.POLLIN) for i, e in self.by_edge.items()
+                if not self.receivers[i].ended and (e.kind == "message" or not self.queues.get(e.dst_port))]
+
+
+def run_single(node, blocks: list[CoopBlock]) -> None:
+    """The node's one scheduling thread: set up, step every block until all are done, tear down."""
+    from .scheduler import NodeFailure
+
+    current = None
+    try:
+        for b in blocks:
+            b.open()
+        for b in blocks:
+            b.connect()
+        senders = {e.index: s for b in blocks for port, ss in b.senders.items()
+                   for e, s in zip([e for e in b.out_edges if e.src_port == port], ss)}
+        for b in blocks:
+            b.local_senders = {i: senders[i] for i in b.by_edge if i in senders}
+        for b in blocks:
+            current = b
+            b.start()
+        while not node.stop.is_set():
+            live = [b for b in blocks if not b.done]
+            if not live:
+                return
+            progressed = False
+            for b in live:
+                current = b
+                progressed |= b.step()
+            if not progressed:
+                poller = zmq.Poller()
+                for b in live:
+                    for sock, ev in b.waits():
+                        poller.register(sock, ev)
+                poller.poll(POLL_MS)
+    except (wire.WireError, AuthFailure, BlockError) as e:
+        node.fail(NodeFailure(node.name, current.block.name if current else "-", str(e)))
+    except zmq.ZMQError as e:
+        node.fail(NodeFailure(node.name, current.block.name if current else "-", f"edge socket: {e}"))
+    except Exception as e:  # a bug or bad data inside a block: name it, keep the traceback for -v
+        node.fail(NodeFailure(node.name, current.block.name if current else "-", f"{type(e).__name__}: {e}",
+                              traceback.format_exc()))
+    finally:
+        failing = node.stop.is_set()
+        for b in blocks:
+            if b.started and not b.done:
+                try:
+                    b.block.stop()
+                except Exception:
+                    pass
+            b.close(failing)
