@@ -18,6 +18,7 @@ import zmq
 from . import wire
 from .auth import AuthFailure
 from .block import DONE, Block, BlockError, Frame
+from .scheduler import BlockStats, NodeFailure, deliver, output_frames, work_aligned  # scheduler loads us lazily
 from .transport import POLL_MS, EdgeReceiver, EdgeSender
 
 
@@ -25,8 +26,6 @@ class CoopBlock:
     """One block's state under the single-thread scheduler (``stats`` and ``block`` as ``BlockRunner``)."""
 
     def __init__(self, node, block: Block, in_edges: list, out_edges: list) -> None:
-        from .scheduler import BlockStats
-
         self.node, self.block = node, block
         self.in_edges, self.out_edges = in_edges, out_edges
         self.stats = BlockStats()
@@ -82,21 +81,9 @@ class CoopBlock:
             self.stats.messages_out += 1
 
     def _outputs(self, outs) -> None:
-        if not outs:
-            return
-        for port, frames in outs.items():
-            if frames is None:
-                continue
-            senders = self.senders.get(port)
-            if senders is None and self.block.port("out", port) is None:
-                raise BlockError(f"work returned a frame for unknown output port {port!r}")
-            for f in (frames if isinstance(frames, list) else (frames,)):
-                if not isinstance(f, Frame):
-                    raise BlockError(f"work returned {type(f).__name__} for port {port!r}, expected a Frame")
-                for s in senders or ():
-                    self.pending.append((s, s.frame_parts(f)))
-                self.stats.frames_out += 1
-                self.stats.items_out += len(f.data)
+        for senders, frame in output_frames(self.block, self.senders, outs, self.stats):
+            for s in senders:
+                self.pending.append((s, s.frame_parts(frame)))
 
     def _eos(self, message_ports: bool) -> None:
         ports = self.block.message_outputs() if message_ports else self.block.stream_outputs()
@@ -130,17 +117,7 @@ class CoopBlock:
                 continue
             kind, obj = r.recv()
             progressed = True
-            if kind == wire.EOS:
-                continue
-            if kind == wire.MESSAGE:
-                if e.kind != "message":
-                    raise wire.WireError(f"edge {e.label}: message on a stream edge")
-                st.messages_in += 1
-                blk.handle(e.dst_port, obj)
-            else:
-                if e.kind != "stream":
-                    raise wire.WireError(f"edge {e.label}: data frame on a message edge")
-                self.queues[e.dst_port].append(obj)
+            deliver(blk, e, kind, obj, self.queues, st)  # EOS only marks the receiver ended
         if self.pending:
             return True
         if self.source and not self.source_done:
@@ -156,20 +133,7 @@ class CoopBlock:
                 self._outputs(out)
             return True
         if self.queues and all(self.queues.values()):
-            ins = {p: q.popleft() for p, q in self.queues.items()}
-            first = next(iter(ins.values()))
-            for p, f in ins.items():
-                if (f.start, f.stop) != (first.start, first.stop):
-                    raise BlockError(f"misaligned input frames: {p} covers [{f.start}, {f.stop}) but "
-                                     f"{next(iter(ins))} covers [{first.start}, {first.stop})")
-            st.frames_in += len(ins)
-            st.slots += first.slots
-            t0 = time.perf_counter()
-            out = blk.work(ins)
-            st.work_s += time.perf_counter() - t0
-            if out is DONE:
-                raise BlockError("work returned DONE, which only sources may do")
-            self._outputs(out)
+            self._outputs(work_aligned(blk, self.queues, st))
             return True
         ended = {self.by_edge[i].dst_port for i, r in self.receivers.items()
                  if r.ended and self.by_edge[i].kind == "stream"}
@@ -208,8 +172,6 @@ class CoopBlock:
 
 def run_single(node, blocks: list[CoopBlock]) -> None:
     """The node's one scheduling thread: set up, step every block until all are done, tear down."""
-    from .scheduler import NodeFailure
-
     current = None
     try:
         for b in blocks:

@@ -57,6 +57,55 @@ class NodeResult:
     wall_s: float = 0.0
 
 
+def deliver(blk: Block, e: Edge, kind: int, obj, queues: dict, st: BlockStats) -> None:
+    """Hand one received part to a block: a message to ``handle``, a frame to its port's queue."""
+    if kind == wire.MESSAGE:
+        if e.kind != "message":
+            raise wire.WireError(f"edge {e.label}: message on a stream edge")
+        st.messages_in += 1
+        blk.handle(e.dst_port, obj)
+    elif kind == wire.DATA:
+        if e.kind != "stream":
+            raise wire.WireError(f"edge {e.label}: data frame on a message edge")
+        queues[e.dst_port].append(obj)
+
+
+def work_aligned(blk: Block, queues: dict, st: BlockStats):
+    """Pop one frame per stream input (they must cover the same slots) and call ``work``."""
+    ins = {p: q.popleft() for p, q in queues.items()}
+    first = next(iter(ins.values()))
+    for p, f in ins.items():
+        if (f.start, f.stop) != (first.start, first.stop):
+            raise BlockError(f"misaligned input frames: {p} covers [{f.start}, {f.stop}) but "
+                             f"{next(iter(ins))} covers [{first.start}, {first.stop})")
+    st.frames_in += len(ins)
+    st.slots += first.slots
+    t0 = time.perf_counter()
+    out = blk.work(ins)
+    st.work_s += time.perf_counter() - t0
+    if out is DONE:
+        raise BlockError("work returned DONE, which only sources may do")
+    return out
+
+
+def output_frames(blk: Block, senders: dict, outs, st: BlockStats):
+    """Check what ``work`` returned and yield ``(senders of the port, frame)``; a port may get a list of frames."""
+    if not outs:
+        return
+    for port, frames in outs.items():
+        if frames is None:
+            continue
+        ss = senders.get(port)
+        if ss is None and blk.port("out", port) is None:
+            raise BlockError(f"work returned a frame for unknown output port {port!r}")
+        for frame in (frames if isinstance(frames, list) else (frames,)):
+            if not isinstance(frame, Frame):
+                raise BlockError(f"work returned {type(frame).__name__} for port {port!r}, expected a Frame")
+            yield ss or (), frame
+            st.frames_out += 1
+            st.items_out += len(frame.data)
+
+
 class BlockRunner(threading.Thread):
     def __init__(self, node: "NodeRunner", block: Block, in_edges: list[Edge], out_edges: list[Edge]) -> None:
         super().__init__(name=f"{node.name}:{block.name}", daemon=True)
@@ -144,22 +193,9 @@ class BlockRunner(threading.Thread):
             self.stats.messages_out += 1
 
     def _send_outputs(self, outs: dict | None) -> None:
-        if not outs:
-            return
-        for port, frames in outs.items():
-            if frames is None:
-                continue
-            senders = self.senders.get(port)
-            if senders is None and self.block.port("out", port) is None:
-                raise BlockError(f"work returned a frame for unknown output port {port!r}")
-            # a block may return one Frame or a list of them (e.g. one input frame completes several)
-            for frame in (frames if isinstance(frames, list) else (frames,)):
-                if not isinstance(frame, Frame):
-                    raise BlockError(f"work returned {type(frame).__name__} for port {port!r}, expected a Frame")
-                for s in senders or ():
-                    s.send_frame(frame)
-                self.stats.frames_out += 1
-                self.stats.items_out += len(frame.data)
+        for senders, frame in output_frames(self.block, self.senders, outs, self.stats):
+            for s in senders:
+                s.send_frame(frame)
 
     def _send_eos(self, message_ports: bool) -> None:
         ports = {p.name for p in (self.block.message_outputs() if message_ports else self.block.stream_outputs())}
@@ -236,30 +272,10 @@ class BlockRunner(threading.Thread):
                 if kind == wire.EOS:
                     if e.kind == "stream":
                         ended.add(e.dst_port)
-                elif kind == wire.MESSAGE:
-                    if e.kind != "message":
-                        raise wire.WireError(f"edge {e.label}: message on a stream edge")
-                    st.messages_in += 1
-                    blk.handle(e.dst_port, obj)
                 else:
-                    if e.kind != "stream":
-                        raise wire.WireError(f"edge {e.label}: data frame on a message edge")
-                    queues[e.dst_port].append(obj)
+                    deliver(blk, e, kind, obj, queues, st)
             while queues and all(queues.values()):
-                ins = {p: q.popleft() for p, q in queues.items()}
-                first = next(iter(ins.values()))
-                for p, f in ins.items():
-                    if (f.start, f.stop) != (first.start, first.stop):
-                        raise BlockError(f"misaligned input frames: {p} covers [{f.start}, {f.stop}) but "
-                                         f"{next(iter(ins))} covers [{first.start}, {first.stop})")
-                st.frames_in += len(ins)
-                st.slots += first.slots
-                t0 = time.perf_counter()
-                out = blk.work(ins)
-                st.work_s += time.perf_counter() - t0
-                if out is DONE:
-                    raise BlockError("work returned DONE, which only sources may do")
-                self._send_outputs(out)
+                self._send_outputs(work_aligned(blk, queues, st))
         raise Stopped
 
     def _drain_messages(self, by_edge: dict, timeout: int) -> None:
