@@ -20,6 +20,7 @@ from .block import Frame
 POLL_MS = 50
 # plain ints: pyzmq's enum flags cost microseconds per operation on the hot path
 _NOBLOCK, _SNDMORE, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
 LINGER_MS = 30000  # how long an ending node waits for its last parts to reach a slow peer
 
 
@@ -139,7 +140,11 @@ class EdgeReceiver:
         """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble
         (and ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is there)."""
         # zero-copy pays only for big payloads; guess from the last part seen on this edge
-        parts = self.sock.recv_multipart(flags, copy=not self._big)
+        # part by part with int flags (recv_multipart's enum arithmetic costs more than the receive)
+        sock, copy = self.sock, not self._big
+        parts = [sock.recv(flags, copy=copy)]
+        while sock.getsockopt(_RCVMORE):
+            parts.append(sock.recv(0, copy=copy))
         head = parts[0] if self._big is False else parts[0].bytes
         try:
             kind, seq, start, stop, trailer = wire.decode_header(head, self._trailer_cache)
