@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from blocks.fronthaul_encrypt import (
+    packet_rows,
     AAD_BYTES,
     FLAG_REUSED_KEY,
     KEYID_AT,
@@ -87,22 +88,10 @@ class FronthaulDecrypt(Block):
     def work(self, ins):
         f = ins["in"]
         src = f.data
-        dt = self._dtypes.get(src.dtype)
-        if dt is None:
-            try:
-                dt = self._dtypes[src.dtype] = plain_dtype(encrypted_packet_bytes(src.dtype))
-            except ValueError as e:
-                raise BlockError(str(e)) from None
-        if not src.flags.c_contiguous:
-            src = np.ascontiguousarray(src)
-        n = len(src)
-        out = np.empty(n, dt)
-        if n == 0:
+        out, in_u8, out_u8 = packet_rows(src, self._dtypes, lambda d: plain_dtype(encrypted_packet_bytes(d)))
+        if in_u8 is None:
             return {"out": f.with_data(out)}
-        rin, rout = src.dtype.itemsize, dt.itemsize
-        in_u8 = src.view(np.uint8).reshape(n, rin)
-        out_u8 = out.view(np.uint8).reshape(n, rout)
-        out_u8[:, :META_BYTES] = in_u8[:, :META_BYTES]
+        n, rin, rout = len(out), in_u8.shape[1], out_u8.shape[1]
         src_mv = memoryview(in_u8.reshape(-1))
         out_mv = memoryview(out_u8.reshape(-1))
         bad: list[int] = []

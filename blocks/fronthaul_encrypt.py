@@ -54,6 +54,29 @@ def encrypted_dtype(packet_bytes: int) -> np.dtype:
                      ("ct", "u1", (packet_bytes + TAG_BYTES,))])
 
 
+def packet_rows(src: np.ndarray, cache: dict, out_dtype_of) -> tuple:
+    """Byte rows of a packet frame and of its output (encrypted or plain), with the packet metadata copied once.
+
+    ``out_dtype_of(src.dtype)`` gives the output dtype (cached per input dtype; ValueError -> BlockError).
+    Returns ``(out, in_u8, out_u8)``; ``in_u8``/``out_u8`` are None for an empty frame."""
+    dt = cache.get(src.dtype)
+    if dt is None:  # first frame of this packet size: check and cache the output dtype
+        try:
+            dt = cache[src.dtype] = out_dtype_of(src.dtype)
+        except ValueError as e:
+            raise BlockError(str(e)) from None
+    if not src.flags.c_contiguous:
+        src = np.ascontiguousarray(src)
+    n = len(src)
+    out = np.empty(n, dt)
+    if n == 0:
+        return out, None, None
+    in_u8 = src.view(np.uint8).reshape(n, src.dtype.itemsize)
+    out_u8 = out.view(np.uint8).reshape(n, dt.itemsize)
+    out_u8[:, :META_BYTES] = in_u8[:, :META_BYTES]  # slot, seq, t_ns: one copy, not three field copies
+    return out, in_u8, out_u8
+
+
 def encrypted_packet_bytes(dtype: np.dtype) -> int:
     """``packet_bytes`` of an encrypted fronthaul dtype; ValueError for any other dtype."""
     if dtype.names != ("slot", "seq", "t_ns", "hdr", "ct") or dtype.fields["hdr"][0].shape != (HDR_BYTES,):
@@ -167,22 +190,10 @@ class FronthaulEncrypt(Block):
     def work(self, ins):
         f = ins["in"]
         src = f.data
-        dt = self._dtypes.get(src.dtype)
-        if dt is None:  # first frame of this packet size: check and cache the output dtype
-            try:
-                dt = self._dtypes[src.dtype] = encrypted_dtype(packet_bytes_of(src.dtype))
-            except ValueError as e:
-                raise BlockError(str(e)) from None
-        if not src.flags.c_contiguous:
-            src = np.ascontiguousarray(src)
-        n = len(src)
-        out = np.empty(n, dt)
-        if n == 0:
+        out, in_u8, out_u8 = packet_rows(src, self._dtypes, lambda d: encrypted_dtype(packet_bytes_of(d)))
+        if in_u8 is None:
             return {"out": f.with_data(out)}
-        rin, rout = src.dtype.itemsize, dt.itemsize
-        in_u8 = src.view(np.uint8).reshape(n, rin)
-        out_u8 = out.view(np.uint8).reshape(n, rout)
-        out_u8[:, :META_BYTES] = in_u8[:, :META_BYTES]  # slot, seq, t_ns: one copy, not three field copies
+        n, rin, rout = len(out), in_u8.shape[1], out_u8.shape[1]
         out_u8[:, META_BYTES:NONCE_AT + 4] = self._hdr_head
         out_u8[:, NONCE_AT + 4:NONCE_AT + 12] = (
             np.arange(self.pn, self.pn + n, dtype=">u8").view(np.uint8).reshape(n, 8))
