@@ -22,7 +22,6 @@ import numpy as np
 from qkdflow import prng
 from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, envelope, pack_bits, parse, sync_ports_out)
 from qkdflow.runtime.block import BlockError, Message, Stream
-from qkdflow.runtime.params import Param
 from qkdflow.streams import PREP_DTYPE
 
 
@@ -32,12 +31,6 @@ class SiftAau(BlockSizeMixin, Half):
     stage = "sift"
     side = "aau"
     has_prev = False
-    config_fields = ("block_bits", "min_block_bits")
-    params = (
-        Param("block_bits", int, 100_000, unit="bits", doc="sifted key-basis bits per key block", low=64),
-        Param("min_block_bits", int, None, unit="bits",
-              doc="smallest final partial block kept at end of stream (default block_bits / 2)", low=64),
-    )
     inputs = (Stream("prep", PREP_DTYPE, doc="Alice's choices (descriptor in meta['prep'])"),
               Message("peer", kind="distill.sift", optional=False, doc="from sift_du"))
     outputs = sync_ports_out() + (Message("key", kind="distill.key", doc="Alice's sifted blocks to reconcile_aau"),

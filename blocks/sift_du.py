@@ -65,11 +65,7 @@ class SiftDu(BlockSizeMixin, Half):
     stage = "sift"
     side = "du"
     has_prev = False
-    config_fields = ("block_bits", "min_block_bits")
-    params = (
-        Param("block_bits", int, 100_000, unit="bits", doc="sifted key-basis bits per key block", low=64),
-        Param("min_block_bits", int, None, unit="bits",
-              doc="smallest final partial block kept at end of stream (default block_bits / 2)", low=64),
+    params = BlockSizeMixin.params + (
         Param("squash_seed", int, 5, doc="seed of the squashing RNG (double / cross-basis clicks)", low=0),
     )
     inputs = (Stream("clicks", CLICK_DTYPE, doc="Bob's clicks"),

@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from qkdflow.runtime.block import Block, BlockError, Frame, Message, Stream
+from qkdflow.runtime.params import Param
 
 __all__ = ["PROTOCOL_VERSION", "ProtocolError", "ConfigMismatch", "envelope", "pack_bits", "unpack_bits",
            "check_config", "KeyBlock", "Half", "DuHalf", "AauHalf", "sync_ports_in", "sync_ports_out",
@@ -177,6 +178,18 @@ class Half(Block):
 
     def config(self) -> dict:
         return {k: getattr(self, k) for k in self.config_fields}
+
+    def _in_sequence(self, blk, bid: str, seq: int) -> bool:
+        """A peer message must name the block in this stage and carry its next stage sequence; else abort it."""
+        if bid != blk.id:
+            self.abort(blk, f"message for the wrong block id ({bid} instead of {blk.id})")
+            return False
+        if seq != blk.seq_in:
+            self.abort(blk, f"message out of sequence (seq {seq}, expected {blk.seq_in})")
+            return False
+        blk.seq_in += 1
+        blk.msgs += 1
+        return True
 
     def _check_fatal(self) -> None:
         if self._fatal is not None and time.monotonic() >= self._fatal[1]:
@@ -371,14 +384,8 @@ class DuHalf(Half):
                 return
             raise BlockError(f"{self.stage}: AAU message {t!r} for block {num}, which is not in this stage "
                              f"(active: {blk.num if blk else 'none'})")
-        if bid != blk.id:
-            self.abort(blk, f"message for the wrong block id ({bid} instead of {blk.id})")
+        if not self._in_sequence(blk, bid, seq):
             return
-        if seq != blk.seq_in:
-            self.abort(blk, f"message out of sequence (seq {seq}, expected {blk.seq_in})")
-            return
-        blk.seq_in += 1
-        blk.msgs += 1
         if t == "abort":
             self.on_abort(blk)
             self.notice_abort(blk.num, blk.id, str(msg.get("reason", "")), self.stage, by_peer=True)
@@ -498,14 +505,8 @@ class AauHalf(Half):
                                  f"never arrived from the previous stage")
             self._early.setdefault(num, []).append(msg)
             return
-        if bid != blk.id:
-            self.abort(blk, f"message for the wrong block id ({bid} instead of {blk.id})")
+        if not self._in_sequence(blk, bid, seq):
             return
-        if seq != blk.seq_in:
-            self.abort(blk, f"message out of sequence (seq {seq}, expected {blk.seq_in})")
-            return
-        blk.seq_in += 1
-        blk.msgs += 1
         if t == "abort":
             self._drop(num, bid, str(msg.get("reason", "")), by_peer=True)
             return
@@ -542,7 +543,14 @@ def binary_entropy(p: float) -> float:
 
 
 class BlockSizeMixin:
-    """``block_bits`` / ``min_block_bits`` checks and the config both sifting halves exchange."""
+    """``block_bits`` / ``min_block_bits``: parameters, checks and the config both sifting halves exchange."""
+
+    config_fields = ("block_bits", "min_block_bits")
+    params = (
+        Param("block_bits", int, 100_000, unit="bits", doc="sifted key-basis bits per key block", low=64),
+        Param("min_block_bits", int, None, unit="bits",
+              doc="smallest final partial block kept at end of stream (default block_bits / 2)", low=64),
+    )
 
     def validate(self) -> list[str]:
         if self.min_block_bits is not None and self.min_block_bits > self.block_bits:
