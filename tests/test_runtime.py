@@ -326,12 +326,17 @@ def test_authenticated_message_edges_run_and_count_tags(tmp_path, ports):
 
 def test_tampered_or_forged_message_is_rejected(tmp_path):
     import threading
+    from qkdflow.distill.auth import ALICE_TO_BOB
+    from qkdflow.distill.authstate import AuthState
     from qkdflow.runtime.auth import AuthFailure, EdgeAuth
-    bits = np.random.default_rng(1).integers(0, 2, 20000, dtype=np.uint8)
+    psk = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     stop = threading.Event()
     ctx = zmq.Context()
-    rx = EdgeReceiver(ctx, "inproc://auth", True, 10, None, "a->b", auth=EdgeAuth(bits, False, "a->b", stop))
-    tx = EdgeSender(ctx, "inproc://auth", False, 10, stop, True, "a->b", auth=EdgeAuth(bits, True, "a->b", stop))
+    a, b = AuthState(str(tmp_path / "a.sqlite"), psk), AuthState(str(tmp_path / "b.sqlite"), psk)
+    rx = EdgeReceiver(ctx, "inproc://auth", True, 10, None, "a->b",
+                      auth=EdgeAuth(b, False, ALICE_TO_BOB, "a->b", stop))
+    tx = EdgeSender(ctx, "inproc://auth", False, 10, stop, True, "a->b",
+                    auth=EdgeAuth(a, True, ALICE_TO_BOB, "a->b", stop))
     tx.send_message({"x": np.arange(3)})
     assert rx.recv()[1]["x"].tolist() == [0, 1, 2]
     parts = tx._tagged(wire.encode_message(tx.seq, {"x": np.arange(3)}))
@@ -339,7 +344,7 @@ def test_tampered_or_forged_message_is_rejected(tmp_path):
     tx.sock.send_multipart(parts)
     with pytest.raises(AuthFailure, match="authentication failed"):
         rx.recv()
-    tx.close(0); rx.close(); ctx.term()
+    tx.close(0); rx.close(); ctx.term(); a.close(); b.close()
 
 
 def test_psk_problems_are_load_errors(tmp_path, cli_env, ports):

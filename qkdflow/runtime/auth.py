@@ -1,122 +1,171 @@
-"""Wegman–Carter authentication of the classical channel, per inter-node message edge.
+"""Wegman–Carter authentication of the classical channel: every message on an inter-node message edge.
 
-Every message on a message edge between two nodes whose ``nodes:`` entries name a
-``psk_file`` carries one extra ZeroMQ part: a Wegman–Carter tag (``qkdflow.distill.auth``:
-polynomial hash over GF(2^61-1) + one-time pad; Wegman & Carter, JCSS 22, 265 (1981)) over the
-header (which holds the edge's sequence number) and every payload part. A forged, altered,
-replayed or reordered message fails verification and stops the run with a message naming the
-edge — blocks never see it, so it can never shape a key.
+Every message on a message edge between two nodes whose ``nodes:`` entries name a ``psk_file`` carries one extra
+ZeroMQ part, its tag: ``entry key (8 bytes) | pad offset (4 bytes, big-endian) | tag value (8 bytes)``. The value
+is ``h_k(seq || edge label || header || payload parts) + r  (mod 2^61 - 1)``: ``h`` the polynomial hash of
+``qkdflow.distill.verify`` (eps-almost-Delta-universal), ``k`` the direction's hash key, ``r`` a one-time pad at
+the named position of the node's key material (Wegman & Carter, JCSS 22, 265 (1981); the scheme and its bound
+are in ``qkdflow.distill.auth``). The edge label is hashed so a message cannot be moved to another edge; the
+sequence number (inside the header) so it cannot be replayed or reordered on its edge.
 
-Key material. Both hosts hold the same pre-shared key file. Authenticated edges are numbered in
-flowgraph order; edge k's pool starts with the k-th of equal slices of the file. New QKD key
-replenishes the pools: a key-store block calls ``Block.replenish_authentication(bits)`` with the
-same bits, in the same order, at both ends; the bits are split the same way. A sender or
-receiver whose pool is empty waits (up to ``POOL_WAIT_S``) for replenishment, then fails with a
-clear message.
+Key material and restarts: ``qkdflow.distill.authstate.AuthState`` -- a per-node persistent state (node field
+``auth_state``; default ``.qkdflow/<flowgraph>.<node>.auth.sqlite`` beside the flowgraph) that starts from the
+pre-shared key file and grows with the reserved head of every committed key block
+(``Block.replenish_authentication`` / ``authorize_authentication``, called by the key-store halves). Pads are
+addressed by position and never reused, also across a node's kill and restart. ``auth_state: ":memory:"`` is a
+volatile state for throw-away demos: it restarts from the pre-shared key every run (pads reused across runs).
+
+A message that fails verification is not delivered: the run stops with a message naming the edge, and nothing
+half-written remains in the key stores (their two-phase commit). A sender whose pads are spent waits up to
+``POOL_WAIT_S`` for replenishment, then fails with a clear message.
 """
 from __future__ import annotations
 
+import hmac
+import os
 import threading
 import time
 
 import numpy as np
 
-from qkdflow.distill.auth import Authenticator, KeyPool, KeyPoolError, KeyPoolExhausted
+from qkdflow.distill.auth import ALICE_TO_BOB, BOB_TO_ALICE, KeyPoolError, KeyPoolExhausted, _PolyKey
+from qkdflow.distill.authstate import AuthState, Position
+from qkdflow.distill.verify import P61, bytes_to_words
 
 POOL_WAIT_S = 30.0
+#: How long a receiver waits for key material a tag names but this end does not hold yet.
+ENTRY_WAIT_S = 5.0
+TAG_BYTES = 8 + 4 + 8
 
 
 class AuthFailure(Exception):
     """A message on an authenticated edge did not verify."""
 
 
+def _words(seq: int, label: bytes, parts: list) -> np.ndarray:
+    body = bytes_to_words(label + b"".join(bytes(p) for p in parts))
+    words = np.empty(body.size + 1, dtype=np.uint64)
+    words[0] = np.uint64(seq)
+    words[1:] = body
+    return words
+
+
 class EdgeAuth:
     """The tagger (sender side) or verifier (receiver side) of one authenticated edge."""
 
-    def __init__(self, bootstrap_bits: np.ndarray, sender: bool, label: str, stop: threading.Event) -> None:
-        self.pool = KeyPool(bootstrap_bits)
-        self.auth = Authenticator(self.pool, "alice" if sender else "bob")
-        self.lock = threading.Lock()
+    def __init__(self, state: AuthState, sender: bool, direction: str, label: str, stop: threading.Event) -> None:
+        self.state, self.sender, self.direction = state, sender, direction
         self.label, self.stop = label, stop
+        self._label = label.encode() + b"\0"
+        self._hash = _PolyKey(np.array([state.hash_keys[direction]], dtype=np.uint64))
         self.tags = 0
+        self.lock = threading.Lock()
 
-    def _with_pool(self, fn):
-        deadline = time.monotonic() + POOL_WAIT_S
-        while True:
-            with self.lock:
-                try:
-                    return fn()
-                except KeyPoolExhausted:
-                    pass
-            if self.stop.is_set():
-                from .transport import Stopped
-                raise Stopped
-            if time.monotonic() > deadline:
-                raise KeyPoolExhausted(f"edge {self.label}: authentication key pool empty for {POOL_WAIT_S:g} s; "
-                                       "replenish it from new key (a larger psk_file or more key per block)")
-            time.sleep(0.01)
+    def _value(self, seq: int, parts: list, pad: int) -> bytes:
+        return ((self._hash.hash(_words(seq, self._label, parts))[0] + pad) % P61).to_bytes(8, "big")
 
     def tag(self, parts: list, seq: int) -> bytes:
-        msg = b"".join(bytes(p) for p in parts)
-        self.tags += 1
-        return self._with_pool(lambda: self.auth.tag(msg, seq))
+        deadline = time.monotonic() + POOL_WAIT_S
+        while True:
+            try:
+                key, off, pad = self.state.take_pad(self.direction)
+                break
+            except KeyPoolExhausted:
+                if self.stop.is_set():
+                    from .transport import Stopped
+                    raise Stopped from None
+                if time.monotonic() > deadline:
+                    raise KeyPoolExhausted(
+                        f"edge {self.label}: authentication key exhausted for {POOL_WAIT_S:g} s; replenish it "
+                        "from new key (a larger psk_file or a larger auth_reserve_bits per key block)") from None
+                time.sleep(0.01)
+        with self.lock:
+            self.tags += 1
+            return key + off.to_bytes(4, "big") + self._value(seq, parts, pad)
 
     def verify(self, parts: list, seq: int, tag: bytes) -> None:
-        msg = b"".join(bytes(p) for p in parts)
-        from qkdflow.distill.auth import AuthenticationError
-
-        def check():
+        if len(tag) != TAG_BYTES:
+            raise AuthFailure(f"edge {self.label}: authentication failed (tag of {len(tag)} bytes, expected "
+                              f"{TAG_BYTES}); the message was not delivered and the run stops")
+        key, off = tag[:8], int.from_bytes(tag[8:12], "big")
+        deadline = time.monotonic() + ENTRY_WAIT_S
+        while True:
             try:
-                self.auth.verify(msg, seq, tag)
-            except AuthenticationError as e:
-                raise AuthFailure(f"edge {self.label}: authentication failed ({e}); the message was not "
-                                  "delivered and the run stops") from None
-        self._with_pool(check)
-        self.tags += 1
-
-    def add(self, bits: np.ndarray) -> None:
+                pad, end = self.state.pad_at(self.direction, key, off, self.label)
+                break
+            except LookupError as e:
+                # key material named by an authentic tag may be appended here a moment later (replenishment
+                # runs in another block); anything else fails once the wait is over
+                if self.stop.is_set() or time.monotonic() > deadline or "replay" in str(e) \
+                        or key in self.state.by_key:
+                    raise AuthFailure(f"edge {self.label}: authentication failed ({e}); the message was not "
+                                      "delivered and the run stops") from None
+                time.sleep(0.01)
+        if not hmac.compare_digest(self._value(seq, parts, pad), tag[12:]):
+            raise AuthFailure(f"edge {self.label}: authentication failed (tag mismatch: forged, altered or "
+                              "replayed message); the message was not delivered and the run stops")
+        self.state.accept(self.label, end)
         with self.lock:
-            self.pool.add(bits)
+            self.tags += 1
 
 
 class NodeAuth:
-    """All authenticated edges touching one node, with their shared bootstrap and replenishment."""
+    """All authenticated edges touching one node, sharing the node's persistent key material."""
 
     def __init__(self, graph, node: str, stop: threading.Event) -> None:
         self.edges = authenticated_edges(graph)
         self.node = node
         self.by_edge: dict[int, EdgeAuth] = {}
-        if not self.edges:
-            return
-        spec = graph.nodes[node]
+        self.state: AuthState | None = None
         mine = [e for e in self.edges if node in (graph.blocks[e.src].node, graph.blocks[e.dst].node)]
         if not mine:
             return
-        need = len(self.edges) * Authenticator.required_bootstrap_bits(1, 16) * 2
+        spec = graph.nodes[node]
         try:
-            pool = KeyPool.from_file(spec.psk_file, need)
+            with open(spec.psk_file, "rb") as f:
+                psk = f.read()
+        except OSError as e:
+            raise ValueError(f"nodes.{node}.psk_file: pre-shared key file {spec.psk_file!r}: "
+                             f"{e.strerror or e}") from None
+        path = spec.auth_state or default_state_path(graph, node)
+        try:
+            self.state = AuthState(path, psk, f"pre-shared key file {spec.psk_file!r}")
         except KeyPoolError as e:
-            raise ValueError(f"nodes.{node}.psk_file: {e}") from None
-        bits = _slices(pool.take(pool.available("alice->bob"), "alice->bob"),
-                       pool.take(pool.available("bob->alice"), "bob->alice"), len(self.edges))
-        for k, e in enumerate(self.edges):
-            if e in mine:
-                sender = graph.blocks[e.src].node == node
-                self.by_edge[e.index] = EdgeAuth(bits[k], sender, e.label, stop)
+            field = "psk_file" if "pre-shared key file" in str(e) else "auth_state"
+            raise ValueError(f"nodes.{node}.{field}: {e}") from None
+        peers = sorted(({graph.blocks[e.src].node, graph.blocks[e.dst].node} - {node}).pop() for e in mine)
+        if len(set(peers)) > 1:
+            raise ValueError(f"nodes.{node}.psk_file: authenticated message edges to {len(set(peers))} nodes "
+                             f"({', '.join(sorted(set(peers)))}); one authenticated peer per node is supported")
+        alice = _alice(node, peers[0])
+        for e in mine:
+            src_node = graph.blocks[e.src].node
+            direction = ALICE_TO_BOB if src_node == alice else BOB_TO_ALICE
+            self.by_edge[e.index] = EdgeAuth(self.state, src_node == node, direction, e.label, stop)
 
-    def replenish(self, key_bits: np.ndarray) -> None:
-        chunks = np.array_split(np.asarray(key_bits, dtype=np.uint8), max(len(self.edges), 1))
-        for k, e in enumerate(self.edges):
-            ea = self.by_edge.get(e.index)
-            if ea is not None and chunks[k].size:
-                ea.add(chunks[k])
+    def replenish(self, key_bits: np.ndarray, entry_id: str | None = None, send: bool = True) -> None:
+        if self.state is not None and np.asarray(key_bits).size:
+            self.state.add(np.asarray(key_bits, dtype=np.uint8), entry_id, send)
+
+    def authorize(self, entry_id: str) -> None:
+        if self.state is not None:
+            self.state.authorize(entry_id)
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
 
 
-def _slices(a: np.ndarray, b: np.ndarray, n: int) -> list[np.ndarray]:
-    """Re-join the file's bits (KeyPool split them into halves) and cut n equal slices."""
-    whole = np.concatenate([a, b])
-    size = whole.size // n
-    return [whole[k * size:(k + 1) * size] for k in range(n)]
+def _alice(a: str, b: str) -> str:
+    """Which of two nodes sends alice->bob: the one named aau/alice, else the first by name (same at both ends)."""
+    named = [n for n in (a, b) if n.lower() in ("aau", "alice")]
+    return named[0] if len(named) == 1 else min(a, b)
+
+
+def default_state_path(graph, node: str) -> str:
+    """``.qkdflow/<flowgraph>.<node>.auth.sqlite`` beside the flowgraph file."""
+    base = os.path.dirname(os.path.abspath(graph.path)) if getattr(graph, "path", None) else os.getcwd()
+    return os.path.join(base, ".qkdflow", f"{graph.name}.{node}.auth.sqlite")
 
 
 def authenticated_edges(graph) -> list:
@@ -127,3 +176,7 @@ def authenticated_edges(graph) -> list:
         if e.kind == "message" and sn != dn and graph.nodes[sn].psk_file and graph.nodes[dn].psk_file:
             out.append(e)
     return out
+
+
+__all__ = ["AuthFailure", "EdgeAuth", "NodeAuth", "authenticated_edges", "default_state_path", "POOL_WAIT_S",
+           "Position"]

@@ -39,7 +39,7 @@ from .block import Block, Message, Stream
 from .params import ParamError
 
 TOP_KEYS = {"flowgraph", "clock", "variables", "nodes", "blocks", "connections", "description", "options"}
-NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file", "curve_keys", "scheduler"}
+NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file", "auth_state", "curve_keys", "scheduler"}
 EDGE_KEYS = {"endpoint", "queue_frames"}
 DEFAULT_QUEUE_FRAMES = 4
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -112,6 +112,7 @@ class NodeSpec:
     transport: str = "tcp"
     ipc_dir: str = "/tmp"
     psk_file: str | None = None  # pre-shared key: authenticates message edges to other nodes with one
+    auth_state: str | None = None  # where used one-time-pad positions persist (runtime.auth); default beside flowgraph
     curve_keys: str | None = None  # ZeroMQ CURVE certificates (tools/make_curve_keys.py): encrypts inter-node edges
     scheduler: str = "threads"  # threads: one per block; single: every block stepped by one thread (runtime.loop)
 
@@ -324,15 +325,15 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
             if k not in NODE_KEYS:
                 err(nd, k, f"nodes.{nname}.{k}", f"unknown field (allowed: {', '.join(sorted(NODE_KEYS))})")
         spec = NodeSpec(str(nname))
-        for k in ("host", "bind_host", "ipc_dir", "transport", "psk_file", "curve_keys", "scheduler"):
+        for k in ("host", "bind_host", "ipc_dir", "transport", "psk_file", "auth_state", "curve_keys", "scheduler"):
             if k in nd:
                 if not isinstance(nd[k], str):
                     err(nd, k, f"nodes.{nname}.{k}", f"must be a string, got {nd[k]!r}")
                 else:
                     setattr(spec, k, nd[k])
-        for k in ("psk_file", "curve_keys"):  # input files resolve beside the flowgraph
+        for k in ("psk_file", "auth_state", "curve_keys"):  # node files resolve beside the flowgraph
             v = getattr(spec, k)
-            if v and not os.path.isabs(v):
+            if v and v != ":memory:" and not os.path.isabs(v):
                 setattr(spec, k, os.path.join(os.path.dirname(os.path.abspath(path)), v))
         if spec.scheduler not in ("threads", "single"):
             err(nd, "scheduler", f"nodes.{nname}.scheduler", f"must be threads or single, got {spec.scheduler!r}")

@@ -1,0 +1,137 @@
+"""Persistent Wegman–Carter key material: pads are never reused, across restarts too (qkdflow.distill.authstate)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from qkdflow.distill.auth import ALICE_TO_BOB, BOB_TO_ALICE, KeyPoolError, KeyPoolExhausted
+from qkdflow.distill.authstate import AuthState
+from qkdflow.runtime.auth import AuthFailure, EdgeAuth
+from qkdflow.runtime.graph import load_flowgraph
+from qkdflow.runtime.scheduler import run_nodes_in_threads
+
+PSK = np.random.default_rng(11).integers(0, 256, 2048, dtype=np.uint8).tobytes()
+
+
+def _pair(tmp_path, psk=PSK):
+    return AuthState(str(tmp_path / "aau.sqlite"), psk), AuthState(str(tmp_path / "du.sqlite"), psk)
+
+
+def _edge(state, sender, direction=ALICE_TO_BOB, label="x->y"):
+    return EdgeAuth(state, sender, direction, label, threading.Event())
+
+
+def test_tags_verify_and_positions_advance(tmp_path):
+    a, b = _pair(tmp_path)
+    tx, rx = _edge(a, True), _edge(b, False)
+    offsets = []
+    for seq in range(50):
+        parts = [f"message {seq}".encode()]
+        tag = tx.tag(parts, seq)
+        offsets.append(int.from_bytes(tag[8:12], "big"))
+        rx.verify(parts, seq, tag)
+    assert offsets == sorted(set(offsets)) and offsets[1] - offsets[0] >= 61
+
+
+def test_altered_message_seq_or_edge_fails(tmp_path):
+    a, b = _pair(tmp_path)
+    tx, rx = _edge(a, True), _edge(b, False)
+    tag = tx.tag([b"hello"], 0)
+    with pytest.raises(AuthFailure, match="tag mismatch"):
+        rx.verify([b"hellp"], 0, tag)
+    with pytest.raises(AuthFailure, match="tag mismatch"):
+        rx.verify([b"hello"], 1, tag)
+    other = _edge(b, False, label="other edge")
+    with pytest.raises(AuthFailure, match="tag mismatch"):
+        other.verify([b"hello"], 0, tag)
+    rx.verify([b"hello"], 0, tag)  # the genuine message still verifies: failures spend nothing
+    with pytest.raises(AuthFailure, match="replay"):
+        rx.verify([b"hello"], 0, tag)  # its pad is spent on this edge
+
+
+def test_restart_never_reuses_a_pad(tmp_path):
+    a, b = _pair(tmp_path)
+    tx = _edge(a, True)
+    first = {tx.tag([b"m"], s)[:12] for s in range(10)}
+    a.close()  # a kill -9 leaves the same file: the lease was persisted before the pads were used
+    a2 = AuthState(str(tmp_path / "aau.sqlite"), PSK)
+    second = {_edge(a2, True).tag([b"m"], s)[:12] for s in range(10)}
+    assert not first & second
+    assert min(int.from_bytes(t[8:12], "big") for t in second) > max(int.from_bytes(t[8:12], "big") for t in first)
+    # the verifier (fresh session, same file) accepts the restarted sender's tags
+    rx = _edge(b, False)
+    a3 = AuthState(str(tmp_path / "aau3.sqlite"), PSK)  # an independent sender at offset 0 for comparison
+    t0 = _edge(a3, True).tag([b"z"], 0)
+    rx.verify([b"z"], 0, t0)
+    a2.close(); a3.close(); b.close()
+
+
+def test_receiver_mark_survives_restart(tmp_path):
+    a, b = _pair(tmp_path)
+    tx, rx = _edge(a, True), _edge(b, False)
+    tags = [tx.tag([b"m"], s) for s in range(3)]
+    for s, t in enumerate(tags):
+        rx.verify([b"m"], s, t)
+    b.close()
+    b2 = AuthState(str(tmp_path / "du.sqlite"), PSK)
+    with pytest.raises(AuthFailure, match="replay"):
+        _edge(b2, False).verify([b"m"], 0, tags[0])
+
+
+def test_unauthorized_entry_is_not_sent_with_until_the_peer_holds_it(tmp_path):
+    small = PSK[:64]  # 512 bits: hash keys + a few pads per direction
+    a, b = _pair(tmp_path, small)
+    tx = _edge(b, True, BOB_TO_ALICE)
+    while True:
+        try:
+            tx.state.take_pad(BOB_TO_ALICE)
+        except KeyPoolExhausted:
+            break
+    block = np.random.default_rng(3).integers(0, 2, 4096, dtype=np.uint8)
+    b.add(block, "blk-1", send_ok=False)  # DU committed; the AAU may not have it yet
+    with pytest.raises(KeyPoolExhausted):
+        b.take_pad(BOB_TO_ALICE)
+    a.add(block, "blk-1", send_ok=True)   # AAU commits
+    b.authorize("blk-1")                  # AAU's "done"
+    key, off, pad = b.take_pad(BOB_TO_ALICE)
+    assert a.pad_at(BOB_TO_ALICE, key, off, "e")[0] == pad
+
+
+def test_state_of_another_psk_is_refused(tmp_path):
+    a, _ = _pair(tmp_path)
+    a.close()
+    with pytest.raises(KeyPoolError, match="another pre-shared key"):
+        AuthState(str(tmp_path / "aau.sqlite"), PSK[::-1])
+    with pytest.raises(KeyPoolError, match="bits"):
+        AuthState(str(tmp_path / "tiny.sqlite"), b"\x01" * 8)
+
+
+PINGPONG = """\
+flowgraph: pp
+nodes:
+  aau: {{port: {p0}, psk_file: "{psk}"}}
+  du: {{port: {p1}, psk_file: "{psk}"}}
+blocks:
+  s: {{type: slot_source, node: aau, frames: 20, slots_per_frame: 10}}
+  ping: {{type: runtime_blocks:Pinger, node: aau}}
+  pong: {{type: runtime_blocks:Ponger, node: du}}
+connections: [[s.out, ping.in], [ping.ping, pong.ping], [pong.pong, ping.pong]]
+"""
+
+
+def test_second_run_continues_after_the_first(tmp_path, ports):
+    psk = tmp_path / "psk.bin"
+    psk.write_bytes(PSK * 8)
+    base = ports(2)
+    path = tmp_path / "pp.yaml"
+    path.write_text(PINGPONG.format(p0=base, p1=base + 1, psk=psk))
+    marks = []
+    for _ in range(2):
+        res = run_nodes_in_threads(load_flowgraph(str(path)), timeout_s=30)
+        assert all(r.ok for r in res.values()), {n: r.failure for n, r in res.items()}
+        s = AuthState(str(tmp_path / ".qkdflow" / "pp.aau.auth.sqlite"), PSK * 8)
+        marks.append(s.marks["send:" + ALICE_TO_BOB])
+        s.close()
+    assert marks[1] > marks[0]  # the second run's pads start beyond the first run's lease
