@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+import qkdflow.physics.finite_key  # noqa: F401  main-thread import of protocol.key_length's lazy import (CPython 3.11.7
+# concurrent-compile bug, see blocks/slot_assigner.py)
+
 from qkdflow.distill.protocol import DuHalf, KeyBlock, binary_entropy, fmt_pct, key_length, sync_ports_in, \
     sync_ports_out
 from qkdflow.runtime.block import BlockError, Message

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 
 import numpy as np
+import scipy.linalg  # noqa: F401  imported here, in the main thread: qkdflow.timetag.clock imports it lazily, and
+# CPython 3.11.7 can fail compiling (dataclasses' exec) in two threads at once ('AST constructor recursion depth')
 
 from blocks.tag_recorder import parse_channel_map
 from qkdflow.runtime.block import Block, BlockError, Frame, Stream
