@@ -24,6 +24,21 @@ Key rates from the *measured* statistics (same formulas as the closed form, ``qk
 Closed form beside them: ``qkdflow.physics.link.LinkModel`` on ``closed_form_params(self.graph)`` with N = S pulses
 (eavesdroppers are not in the closed form; slot-level afterpulsing and dead time are only approximated there).
 
+Alarms (faults: fibre cut, classical launch-power step), per window of ``alarm_window_slots`` (whole frames; the
+last window may be shorter), each raised and cleared once per episode, with a log line, a counter and an entry in
+``report()["alarms"]`` (so in <name>.json and ``qkdflow run --json``):
+  * click collapse: window click events per slot r < r_dark + ``collapse_fraction`` (r_exp - r_dark), with r_dark =
+    1 - (1 - p_dc)^2 (two detectors' dark counts) and r_exp = sum_k p_k Q_k of the closed form of this flowgraph
+    (``dark_click_rate`` / ``expected_click_rate`` override; without either, r_exp = the first window's rate and
+    r_dark = 0). A cut leaves only dark counts (and light entering downstream of it), so r falls to r_dark. Cleared
+    when r rises above the same level.
+  * QBER high: window QBER of the signal and decoy classes over matched-basis clicks (as above; vacuum excluded, its
+    QBER is 1/2 by construction) > ``qber_alarm``; cleared below ``qber_alarm - qber_hysteresis``. Evaluated only
+    with >= ``min_matched_clicks`` matched clicks in the window (a cut window has none worth a QBER).
+  ``report()["alarms"]``: ``events`` (kind, state raised/cleared, window slots, value, threshold), ``active`` (still
+  raised at the end), ``levels`` (r_dark, r_exp, thresholds) and ``timeline`` (per window: slots, clicks per slot,
+  QBER, matched clicks). Counters: alarm_click_collapse, clear_click_collapse, alarm_qber_high, clear_qber_high.
+
 End of run: a human table on ``table`` (stderr by default, so ``qkdflow run --json`` keeps stdout machine-readable),
 and in ``output_dir`` (unless it is ""): <name>.json (every number of ``report()``), <name>.csv (one row per class),
 <name>_link.png (gain and QBER per class, measured with error bars vs closed form) and <name>_keyrate.png (closed-form
@@ -38,6 +53,9 @@ import os
 import sys
 
 import numpy as np
+# pyplot-free Figure API (no global backend state), imported here in the main thread: plots are drawn in the block
+# thread at stop, and CPython 3.11.7 can fail compiling in two threads at once (see blocks/slot_assigner.py)
+from matplotlib.figure import Figure
 
 from qkdflow import prng
 from qkdflow.physics.decoy import binary_entropy, gllp_key_rate, vacuum_weak_bounds
@@ -140,6 +158,18 @@ class LinkMonitor(Block):
         Param("eps_cor", float, 1e-15, doc="Lim 2014 correctness parameter", low=0.0, high=1.0, low_open=True,
               high_open=True),
         Param("closed_form", bool, True, doc="compute the closed-form values of the same flowgraph"),
+        Param("alarm_window_slots", int, 100_000_000, unit="slots", doc="alarm statistics window (whole frames)",
+              low=1),
+        Param("collapse_fraction", float, 0.1, doc="click-collapse alarm below dark + this x (expected - dark)",
+              low=0.0, high=1.0, low_open=True, high_open=True),
+        Param("expected_click_rate", float, None, unit="1/slot", doc="click events per slot of the healthy link "
+              "(default: closed form)", low=0.0, low_open=True),
+        Param("dark_click_rate", float, None, unit="1/slot", doc="click events per slot from dark counts alone "
+              "(default: closed form)", low=0.0),
+        Param("qber_alarm", float, 0.11, doc="QBER alarm threshold (signal + decoy)", low=0.0, high=0.5,
+              low_open=True),
+        Param("qber_hysteresis", float, 0.01, doc="QBER alarm clears below qber_alarm minus this", low=0.0),
+        Param("min_matched_clicks", int, 200, doc="matched clicks a window needs for a QBER verdict", low=1),
     )
     inputs = (Stream("prep", PREP_DTYPE, doc="Alice's choices (descriptor)"),
               Stream("clicks", CLICK_DTYPE, doc="Bob's clicks"))
@@ -155,6 +185,78 @@ class LinkMonitor(Block):
         self._mu: list[float] | None = None
         self._rate_hz = 1e9
         self._report: dict = {}
+        self._win = [None, 0, 0, 0, 0.0]  # start slot, slots, clicks, matched (signal+decoy), errors
+        self._levels: dict | None = None
+        self._active: dict[str, bool] = {"click_collapse": False, "qber_high": False}
+        self._events: list[dict] = []
+        self._timeline: list[dict] = []
+        for k in ("alarm_click_collapse", "clear_click_collapse", "alarm_qber_high", "clear_qber_high"):
+            self.count(k, 0)
+
+    # ---- alarms ----------------------------------------------------------------------------------
+    def alarm_levels(self, first_rate: float) -> dict:
+        """Dark and expected click rates per slot (parameters, else closed form, else the first window)."""
+        dark, exp, src = self.dark_click_rate, self.expected_click_rate, "parameters"
+        if (dark is None or exp is None) and self.closed_form and self.graph is not None:
+            try:
+                cf = closed_form_params(self.graph)
+                if "detector" in cf and "preparation" in cf:
+                    model = LinkModel(cf)
+                    r, p = model.evaluate(), model.params.probabilities
+                    if dark is None:
+                        dark = 1.0 - (1.0 - float(r.dark_count_per_gate)) ** 2
+                    if exp is None:
+                        exp = float(sum(pk * float(r.gain[k]) for pk, k in zip(p, INTENSITY_NAMES)))
+                    src = "closed form"
+            except ValueError as e:
+                self.log(f"alarms: no closed form ({e}); using the first window")
+        if exp is None:
+            exp, src = first_rate, "first window"
+        dark = 0.0 if dark is None else dark
+        return {"dark_click_rate": dark, "expected_click_rate": exp, "source": src,
+                "collapse_below": dark + self.collapse_fraction * max(exp - dark, 0.0),
+                "qber_alarm": self.qber_alarm, "qber_clear": self.qber_alarm - self.qber_hysteresis}
+
+    def _transition(self, kind: str, raise_: bool, start: int, stop: int, value: float, threshold: float,
+                    text: str) -> None:
+        if self._active[kind] == raise_:
+            return
+        self._active[kind] = raise_
+        state = "raised" if raise_ else "cleared"
+        self._events.append({"kind": kind, "state": state, "start_slot": start, "stop_slot": stop,
+                             "value": value, "threshold": threshold})
+        self.count(("alarm_" if raise_ else "clear_") + kind)
+        self.log(f"{'ALARM' if raise_ else 'CLEARED'} {kind.replace('_', ' ')} in slots [{start}, {stop}): {text}")
+
+    def _close_window(self) -> None:
+        start, n, clicks, matched, errors = self._win
+        if not n:
+            return
+        self._win = [None, 0, 0, 0, 0.0]
+        rate = clicks / n
+        if self._levels is None:
+            self._levels = self.alarm_levels(rate)
+        lv = self._levels
+        qber = errors / matched if matched >= self.min_matched_clicks else None
+        self._timeline.append({"start_slot": start, "stop_slot": start + n, "clicks_per_slot": rate,
+                               "qber": qber, "matched_clicks": matched})
+        low = rate < lv["collapse_below"]
+        self._transition("click_collapse", low, start, start + n, rate, lv["collapse_below"],
+                         f"{rate:.3g} clicks/slot (dark-count level {lv['dark_click_rate']:.3g}, alarm below "
+                         f"{lv['collapse_below']:.3g}, expected {lv['expected_click_rate']:.3g})")
+        if qber is not None:
+            if qber > lv["qber_alarm"] or (self._active["qber_high"] and qber >= lv["qber_clear"]):
+                self._transition("qber_high", True, start, start + n, qber, lv["qber_alarm"],
+                                 f"QBER {100 * qber:.2f} % > {100 * lv['qber_alarm']:.2f} % ({matched} matched "
+                                 "clicks)")
+            else:
+                self._transition("qber_high", False, start, start + n, qber, lv["qber_clear"],
+                                 f"QBER {100 * qber:.2f} % < {100 * lv['qber_clear']:.2f} % ({matched} matched "
+                                 "clicks)")
+
+    def alarms(self) -> dict:
+        return {"events": list(self._events), "active": [k for k, v in self._active.items() if v],
+                "levels": self._levels, "timeline": list(self._timeline)}
 
     def work(self, ins):
         prep, clk = ins["prep"], ins["clicks"]
@@ -164,7 +266,14 @@ class LinkMonitor(Block):
             self._mu = list(prep.meta.get("intensities", [0.5, 0.1, 0.0]))
             self._rate_hz = float(prep.meta.get("rate_hz", 1e9))
         c = clk.data
+        w = self._win
+        if w[0] is None:
+            w[0] = prep.start
+        w[1] += prep.slots
+        w[2] += int(c.size)
         if c.size == 0:
+            if w[1] >= self.alarm_window_slots:
+                self._close_window()
             return None
         cls, basis, bit = prng.frame_choices(prep, c["slot"])
         matched = basis == c["basis"]
@@ -179,6 +288,11 @@ class LinkMonitor(Block):
             self.errors[b] += np.bincount(cls[sel], weights=err[sel], minlength=3)
         self.doubles += np.bincount(cls[matched & right & wrong], minlength=3)
         self.wrong_only += np.bincount(cls[matched & wrong & ~right], minlength=3)
+        sd = matched & (cls < 2)
+        w[3] += int(sd.sum())
+        w[4] += float(err[sd].sum())
+        if w[1] >= self.alarm_window_slots:
+            self._close_window()
         return None
 
     # ---- end of run ------------------------------------------------------------------------------
@@ -214,14 +328,16 @@ class LinkMonitor(Block):
         return out
 
     def end(self):
+        self._close_window()
         if self._desc is None:
-            self._report = {"slots": 0}
+            self._report = {"slots": 0, "alarms": self.alarms()}
             return None
         m = measured_estimates(self.counts(), self._mu, self._desc["probabilities"], self._desc["basis_bias"],
                                self._rate_hz, self.ec_efficiency, self.eps_sec, self.eps_cor)
         self._model = None
         m["closed_form"] = self._closed_form(float(self.slots))
         m["counts"] = self.counts()
+        m["alarms"] = self.alarms()
         self._report = m
         if self.table != "none":
             print(self.format_table(), file=sys.stdout if self.table == "stdout" else sys.stderr, flush=True)
@@ -284,13 +400,10 @@ class LinkMonitor(Block):
         self.log(f"wrote {base}.json, {base}.csv" + (f", {base}_link.png, {base}_keyrate.png" if self.plots else ""))
 
     def _plot(self, base: str) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         m, cf = self._report, self._report.get("closed_form")
         x = np.arange(3)
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4), dpi=100)
+        fig = Figure(figsize=(8, 3.4), dpi=100)
+        a1, a2 = fig.subplots(1, 2)
         a1.errorbar(x, m["gain"], yerr=m["gain_se"], fmt="o", label="measured", capsize=3)
         qb = np.where(np.asarray(m["qber"]) >= 0, np.asarray(m["qber"]) * 100, np.nan)
         a2.errorbar(x, qb, yerr=np.asarray(m["qber_se"]) * 100, fmt="o", label="measured", capsize=3)
@@ -304,12 +417,12 @@ class LinkMonitor(Block):
             a.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(base + "_link.png")
-        plt.close(fig)
         if cf and self._model is not None:
             L0 = cf["length_km"]
             grid = np.linspace(0.0, max(2.0 * L0, 50.0), 200)
             r = self._model.evaluate(grid, n_pulses=float(m["slots"]))
-            fig, a = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+            fig = Figure(figsize=(5.5, 3.6), dpi=100)
+            a = fig.subplots()
             a.semilogy(grid, r.plob_per_pulse, "k:", label="PLOB bound")
             a.semilogy(grid, np.where(r.key_rate_per_pulse > 0, r.key_rate_per_pulse, np.nan),
                        label="asymptotic (closed form)")
@@ -326,4 +439,3 @@ class LinkMonitor(Block):
             a.grid(True, which="both", alpha=0.3)
             fig.tight_layout()
             fig.savefig(base + "_keyrate.png")
-            plt.close(fig)
