@@ -9,14 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qkdflow.distill import ldpc_codes
+from qkdflow.distill import ldpc, ldpc_codes
 from qkdflow.distill.ldpc import (
+    DECODER,
     LdpcAlice,
     LdpcBob,
     SyndromeMessage,
     _numba_available,
     binary_entropy,
     decode_syndrome,
+    decode_syndromes,
     plan_frame,
     reconcile,
 )
@@ -30,7 +32,9 @@ def pool():
     return [build_code(N, r, 11) for r in TABLE_RATES]
 
 
-DECODERS = [False] + ([True] if _numba_available() else [])
+# use_numba: False = numpy reference, None = default path (the C extension when built), True = numba
+DECODERS = [False, None] + ([True] if _numba_available() else [])
+needs_c = pytest.mark.skipif(ldpc._cldpc is None, reason="C extension qkdflow.distill._ldpc not built")
 
 
 def _frame(rng, bits, q):
@@ -305,3 +309,110 @@ def test_phi_table_used_by_the_numba_kernel_is_accurate():
     assert np.max(np.abs(approx - exact)) < 3e-6
     small = x <= 1.0
     assert np.max(np.abs(approx - exact)[small] / exact[small]) < 2e-6
+
+
+# ---------------------------------------------------------------------------------------- C decoder
+def _channel(code, rng, q, n_frames):
+    x = rng.integers(0, 2, (n_frames, code.n), dtype=np.uint8)
+    y = x ^ (rng.random((n_frames, code.n)) < q).astype(np.uint8)
+    llr = np.where(y == 0, 1.0, -1.0) * math.log((1 - q) / q)
+    return x, llr, np.stack([code.syndrome(r) for r in x])
+
+
+@needs_c
+def test_c_decoder_agrees_with_numpy_reference():
+    assert DECODER == "c"
+    code = build_code(4096, 0.7, 12)
+    rng = np.random.default_rng(12)
+    x, llr, syn = _channel(code, rng, 0.035, 6)
+    for i in range(x.shape[0]):
+        wc, okc, itc = decode_syndrome(code, llr[i], syn[i], 100)                 # C (default)
+        wn, okn, itn = decode_syndrome(code, llr[i], syn[i], 100, use_numba=False)  # numpy flooding
+        assert okc and okn
+        assert np.array_equal(wc, x[i]) and np.array_equal(wn, x[i])
+        assert 0 < itc <= itn          # layered schedule needs no more iterations than flooding
+    # an undecodable frame (QBER far above the code's threshold) is reported as such by both
+    xb, llrb, synb = _channel(code, rng, 0.2, 1)
+    for use_numba in (None, False):
+        w, ok, it = decode_syndrome(code, llrb[0], synb[0], 25, use_numba=use_numba)
+        assert not ok and it == 25
+        assert not np.array_equal(code.syndrome(w), synb[0])
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+def test_multi_frame_kernel_matches_single_frame_and_handles_partial_groups(simd):
+    code = build_code(N, 0.6, 13)
+    rng = np.random.default_rng(13)
+    x, llr, syn = _channel(code, rng, 0.05, 19)          # 19 frames: one full group of 16 + 3 lanes
+    llr[7] = np.where(rng.random(code.n) < 0.2, -1.0, 1.0) * (1 - 2.0 * x[7]) * math.log(0.8 / 0.2)  # hopeless
+    words, ok, iters = decode_syndromes(code, llr, syn, 60, simd=simd)
+    assert not ok[7] and iters[7] == 60
+    others = np.flatnonzero(np.arange(19) != 7)
+    assert ok[others].all()
+    assert np.array_equal(words[others], x[others])
+    for i in others:                       # each lane's count is its own, not the group's maximum
+        w1, ok1, it1 = decode_syndrome(code, llr[i], syn[i], 60)
+        assert ok1 and np.array_equal(w1, x[i])
+        assert abs(int(iters[i]) - it1) <= max(3, it1 // 5)
+    assert iters[others].max() < 60
+
+
+@needs_c
+def test_bob_decode_many_equals_decode(pool):
+    rng = np.random.default_rng(14)
+    alice = LdpcAlice(pool, seed=4, efficiency=1.3)
+    bob = LdpcBob(pool)
+    keys, msgs, truth = [], [], []
+    for i, q in enumerate([0.03, 0.03, 0.06, 0.03, 0.06]):     # two codes, interleaved
+        a, b = _frame(rng, alice.frame_bits, q)
+        msgs.append(SyndromeMessage.from_bytes(alice.encode(a, q, frame_id=i).to_bytes()))
+        keys.append(b)
+        truth.append(a)
+    assert len({m.code_fingerprint for m in msgs}) == 2
+    many = bob.decode_many(keys, msgs)
+    for r, k, m, a in zip(many, keys, msgs, truth):
+        one = bob.decode(k, m)
+        assert r.converged and one.converged
+        assert np.array_equal(r.corrected, a) and np.array_equal(one.corrected, a)
+        assert r.leak_bits == one.leak_bits == m.m - m.punctured
+        assert r.frame_id == m.frame_id
+    with pytest.raises(ValueError, match="keys"):
+        bob.decode_many(keys[:2], msgs)
+
+
+@needs_c
+def test_c_phi_approximations_are_accurate():
+    from qkdflow.distill import _ldpc
+
+    x = np.geomspace(2.0 ** -23, 60.0, 3000)
+    exact = -np.log(np.tanh(0.5 * x))
+    table = np.array([_ldpc.phi(v) for v in x])
+    poly = np.array([_ldpc.phi_poly(v) for v in x])
+    assert np.max(np.abs(table - exact)) < 6e-4          # 2^-10 log-spaced table (scalar kernel)
+    assert np.max(np.abs(poly - exact)) < 3e-4           # per-octave quartic (SIMD kernel)
+    assert _ldpc.phi(0.0) == pytest.approx(-math.log(math.tanh(2.0 ** -25)), rel=1e-3)   # clamp at 2^-24
+
+
+def test_fallback_without_c_extension_decodes(tmp_path):
+    """QKDFLOW_NO_CEXT=1 forces the numba/numpy path; it must still reconcile correctly."""
+    import os
+    import subprocess
+    import sys
+
+    prog = (
+        "import numpy as np\n"
+        "from qkdflow.distill import ldpc\n"
+        "assert ldpc._cldpc is None and ldpc.DECODER in ('numba', 'numpy'), ldpc.DECODER\n"
+        "rng = np.random.default_rng(3)\n"
+        "n = 2048; fb = n - round(0.1 * n)\n"
+        "a = rng.integers(0, 2, 2 * fb, dtype=np.uint8); b = a ^ (rng.random(a.size) < 0.03).astype(np.uint8)\n"
+        "r = ldpc.reconcile(a, b, 0.04, n, seed=1, efficiency=1.4)\n"
+        "assert r.all_converged and np.array_equal(r.corrected, a)\n"
+        "assert r.leak_bits == sum(f.syndrome_bits - f.punctured for f in r.frames)\n"
+        "print('ok', ldpc.DECODER)\n"
+    )
+    env = dict(os.environ, QKDFLOW_NO_CEXT="1", QKDFLOW_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")

@@ -33,7 +33,12 @@ flipping the sign of each check's outgoing messages. Two implementations:
     (``np.add.reduceat`` per check, ``np.bincount`` per variable);
   * numba (used when importable, never required): layered schedule (checks updated serially, posteriors
     refreshed at once; Hocevar, SiPS 2004), converging in about half the iterations, phi from a table.
-Both stop as soon as the hard decision satisfies all m parity checks. A frame that does not within
+  * C (``qkdflow.distill._ldpc``, built by setup.py, optional; the default when present, ``QKDFLOW_NO_CEXT=1``
+    disables it): the same layered schedule on float32 messages with phi from a log-spaced table, and a
+    16-frame AVX-512 kernel (``LdpcBob.decode_many``: frames of one code decoded in lock-step, one frame per
+    SIMD lane, phi from a per-octave quartic) used where the CPU has AVX-512F.
+``DECODER`` names the single-frame path in use ("c", "numba" or "numpy").
+All stop as soon as the hard decision satisfies all m parity checks. A frame that does not within
 ``max_iterations`` is reported as not converged and no key is returned. Convergence to a *different* word
 with the same syndrome is possible (undetected error); the caller's verification hash catches it.
 
@@ -43,6 +48,7 @@ delta = 0.1 by default). ``reconcile`` splits longer keys into such frames.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import struct
@@ -74,6 +80,8 @@ __all__ = [
     "decode_syndrome",
     "DE_THRESHOLDS",
     "TABLE_RATES",
+    "DECODER",
+    "decode_syndromes",
 ]
 
 DEFAULT_DELTA = 0.1
@@ -299,6 +307,38 @@ class LdpcBob:
         self.use_numba = use_numba
 
     def decode(self, key: np.ndarray, msg: SyndromeMessage) -> LdpcResult:
+        code, key_pos, llr = self._prepare(key, msg)
+        word, ok, iters = decode_syndrome(code, llr, msg.syndrome, self.max_iterations, self.use_numba)
+        return self._result(msg, key_pos, word, ok, iters)
+
+    def decode_many(self, keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage]) -> list[LdpcResult]:
+        """Decode several frames; frames of the same mother code go to the C multi-frame kernel together.
+
+        Same results as ``decode`` frame by frame (up to the float rounding of the SIMD kernel's phi), faster
+        with the C extension on AVX-512 CPUs. ``use_numba`` set explicitly selects the per-frame reference path.
+        """
+        if len(keys) != len(msgs):
+            raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
+        prepared = [self._prepare(k, msg) for k, msg in zip(keys, msgs)]
+        out: list[LdpcResult | None] = [None] * len(msgs)
+        if self.use_numba is not None or _cldpc is None:
+            for i, ((code, key_pos, llr), msg) in enumerate(zip(prepared, msgs)):
+                word, ok, iters = decode_syndrome(code, llr, msg.syndrome, self.max_iterations, self.use_numba)
+                out[i] = self._result(msg, key_pos, word, ok, iters)
+            return out  # type: ignore[return-value]
+        groups: dict[bytes, list[int]] = {}
+        for i, msg in enumerate(msgs):
+            groups.setdefault(msg.code_fingerprint, []).append(i)
+        for idx in groups.values():
+            code = prepared[idx[0]][0]
+            words, ok, iters = decode_syndromes(code, np.stack([prepared[i][2] for i in idx]),
+                                                np.stack([msgs[i].syndrome for i in idx]), self.max_iterations)
+            for j, i in enumerate(idx):
+                out[i] = self._result(msgs[i], prepared[i][1], words[j], bool(ok[j]), int(iters[j]))
+        return out  # type: ignore[return-value]
+
+    def _prepare(self, key: np.ndarray, msg: SyndromeMessage) -> tuple[LdpcCode, np.ndarray, np.ndarray]:
+        """Validate one frame and build Bob's LLRs: channel at key bits, 0 punctured, +-inf shortened."""
         code = self.codes.get(msg.code_fingerprint)
         if code is None:
             raise ValueError("msg: code fingerprint does not match any code held by Bob")
@@ -317,7 +357,10 @@ class LdpcBob:
         llr[key_pos] = np.where(bits == 0, 1.0, -1.0) * math.log((1.0 - q) / q)
         llr[short] = np.where(_shortened_values(code, msg.frame_id, msg.shortened) == 0, 1.0, -1.0) \
             * _SHORTENED_LLR
-        word, ok, iters = decode_syndrome(code, llr, msg.syndrome, self.max_iterations, self.use_numba)
+        return code, key_pos, llr
+
+    @staticmethod
+    def _result(msg: SyndromeMessage, key_pos: np.ndarray, word: np.ndarray, ok: bool, iters: int) -> LdpcResult:
         return LdpcResult(corrected=word[key_pos].copy() if ok else None, converged=ok,
                           leak_bits=msg.leak_bits, iterations=iters, frame_id=msg.frame_id,
                           key_bits=msg.key_bits, punctured=msg.punctured, shortened=msg.shortened,
@@ -343,7 +386,12 @@ def decode_syndrome(code: LdpcCode, llr: np.ndarray, syndrome: np.ndarray,
     ``llr[v] = ln P(x_v=0)/P(x_v=1)`` given Bob's data; the decoded word satisfies H x = syndrome iff
     converged. ``iterations`` counts message-passing rounds (0 if the channel hard decision already fits).
     """
-    syn = np.asarray(syndrome, dtype=np.uint8)
+    syn = np.ascontiguousarray(syndrome, dtype=np.uint8)
+    if use_numba is None and _cldpc is not None:     # use_numba=False/True: the numpy/numba reference paths
+        word = np.empty(code.n, dtype=np.uint8)
+        it, ok = _cldpc.decode(code.check_ptr, code.edge_var, np.ascontiguousarray(llr, dtype=np.float64),
+                               syn, int(max_iterations), word)
+        return word, bool(ok), int(it)
     if use_numba is None:
         use_numba = os.environ.get("QKDFLOW_NO_NUMBA", "") == "" and _numba_available()
     if use_numba and _numba_available():
@@ -354,8 +402,45 @@ def decode_syndrome(code: LdpcCode, llr: np.ndarray, syndrome: np.ndarray,
     return _decode_numpy(code, llr, syn, max_iterations)
 
 
+def decode_syndromes(code: LdpcCode, llrs: np.ndarray, syndromes: np.ndarray,
+                     max_iterations: int = DEFAULT_MAX_ITERATIONS,
+                     simd: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode F frames of one code: llrs (F, n), syndromes (F, m) -> (words (F, n), converged (F,), iterations (F,)).
+
+    With the C extension: the 16-frame AVX-512 kernel if ``simd`` and the CPU has AVX-512F, else the scalar
+    C kernel frame by frame; without it, ``decode_syndrome`` per frame (numba or numpy).
+    """
+    llrs = np.ascontiguousarray(llrs, dtype=np.float64)
+    syns = np.ascontiguousarray(syndromes, dtype=np.uint8)
+    if llrs.ndim != 2 or llrs.shape[1] != code.n or syns.shape != (llrs.shape[0], code.m):
+        raise ValueError(f"llrs/syndromes: expected shapes (F, {code.n}) and (F, {code.m}), "
+                         f"got {llrs.shape} and {syns.shape}")
+    n_frames = llrs.shape[0]
+    words = np.empty((n_frames, code.n), dtype=np.uint8)
+    ok = np.zeros(n_frames, dtype=np.uint8)
+    iters = np.zeros(n_frames, dtype=np.int64)
+    if n_frames == 0:
+        return words, ok.astype(bool), iters
+    if _cldpc is not None:
+        _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
+                           bool(simd))
+        return words, ok.astype(bool), iters
+    for i in range(n_frames):
+        words[i], ok[i], iters[i] = decode_syndrome(code, llrs[i], syns[i], max_iterations)
+    return words, ok.astype(bool), iters
+
+
 _NUMBA_KERNEL = None
 _NUMBA_OK: bool | None = None
+
+_cldpc = None
+if os.environ.get("QKDFLOW_NO_CEXT", "0") in ("", "0"):
+    try:
+        from qkdflow.distill import _ldpc as _cldpc
+    except ImportError:  # extension not built (no compiler): numba / numpy paths
+        _cldpc = None
+DECODER = "c" if _cldpc is not None else (
+    "numba" if os.environ.get("QKDFLOW_NO_NUMBA", "") == "" and importlib.util.find_spec("numba") else "numpy")
 
 
 def _numba_available() -> bool:
@@ -534,10 +619,9 @@ def reconcile(alice_key: np.ndarray, bob_key: np.ndarray, qber_estimate: float, 
     out: list[np.ndarray] = []
     res = ReconcileResult(corrected=np.zeros(0, np.uint8), frame_bits=fb,
                           unreconciled_tail_bits=a.size - n_frames * fb)
-    for i in range(n_frames):
-        sl = slice(i * fb, (i + 1) * fb)
-        wire = alice.encode(a[sl], qber_estimate, frame_id=i).to_bytes()
-        r = bob.decode(b[sl], SyndromeMessage.from_bytes(wire))
+    msgs = [SyndromeMessage.from_bytes(alice.encode(a[i * fb:(i + 1) * fb], qber_estimate, frame_id=i).to_bytes())
+            for i in range(n_frames)]
+    for r in bob.decode_many([b[i * fb:(i + 1) * fb] for i in range(n_frames)], msgs):
         res.frames.append(r)
         res.leak_bits += r.leak_bits
         if r.converged:
