@@ -7,11 +7,17 @@ switched at.  Rejected and counted, in this order: unknown header version (``rej
 this store cannot deliver (``rejected_unknown_key``; e.g. a forged ID, or a block the local distillation has
 not committed yet), a packet number not above the highest accepted one (``rejected_replay``, as MACsec with a
 zero replay window), and a failed GCM tag check (``rejected_auth``: any change to metadata, header, ciphertext
-or tag).  A forged key ID can make this end fetch (and so burn) keys early — a denial of service no worse
-than dropping packets, which an on-path attacker can always do.
+or tag).  Keys come only from confirmed blocks (committed at both ends): the AAU confirms a block at its commit,
+the DU one message later, so a key ID naming a block committed but not yet confirmed here holds the stream,
+polling every ``key_poll_s`` for up to ``confirm_wait_s``; if the block is still unconfirmed (the AAU stopped
+between its commit and its "done"; the next start-up reconciliation settles it) the packets are counted in
+``rejected_unconfirmed_key`` and later frames retry without waiting.  A forged key ID can make this end fetch
+(and so burn) keys early, or hold the stream for ``confirm_wait_s`` once per forged ID naming an unconfirmed
+block — a denial of service no worse than dropping or delaying packets, which an on-path attacker can always do.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from collections import OrderedDict
 
@@ -30,6 +36,7 @@ from blocks.fronthaul_encrypt import (
     encrypted_packet_bytes,
 )
 from blocks.fronthaul_source import plain_dtype
+from qkdflow.distill.keystore import KeyNotConfirmed
 from qkdflow.kms import BlockResolver, UnknownKeyId, fetch_keys_by_ids, release_store, shared_store
 from qkdflow.runtime.block import Block, BlockError, Stream
 from qkdflow.runtime.params import Param
@@ -45,6 +52,10 @@ class FronthaulDecrypt(Block):
         Param("store_path", str, doc="this side's (slave) key store file"),
         Param("sae_id", str, "fronthaul-du", doc="SAE id of this decryptor (slave SAE in the key IDs)"),
         Param("peer_sae_id", str, "fronthaul-aau", doc="SAE id of the encryptor (master SAE)"),
+        Param("confirm_wait_s", float, 5.0, unit="s", low=0.0,
+              doc="hold the stream this long for a key whose block is committed but not yet confirmed here"),
+        Param("key_poll_s", float, 0.005, unit="s", low=0.0, low_open=True,
+              doc="store polling period while waiting for a confirmation"),
     )
     inputs = (Stream("in", None, doc="encrypted packets (fronthaul_encrypt)"),)
     outputs = (Stream("out", None, doc="authentic plaintext packets {slot, seq, t_ns, data[packet_bytes]}"),)
@@ -56,9 +67,11 @@ class FronthaulDecrypt(Block):
         self.last_pn = 0
         self.switch_seqs: list[tuple[int, str]] = []
         self.current = b""
+        self._unconfirmed: set[bytes] = set()  # key ids whose block stayed unconfirmed past confirm_wait_s
         self._dtypes: dict[np.dtype, np.dtype] = {}
         for c in ("packets_in", "packets_ok", "rejected_malformed", "rejected_unknown_key", "rejected_replay",
-                  "rejected_auth", "keys_fetched", "key_bits_consumed", "packets_reused_key_flag"):
+                  "rejected_auth", "rejected_unconfirmed_key", "keys_fetched", "key_bits_consumed",
+                  "packets_reused_key_flag", "confirm_waits"):
             self.counters.setdefault(c, 0)
 
     def stop(self) -> None:
@@ -70,7 +83,8 @@ class FronthaulDecrypt(Block):
             return self.keys[kid]
         ident = str(uuid.UUID(bytes=kid))
         try:
-            ((_, key),) = fetch_keys_by_ids(self.store, self.resolver, [ident], self.peer_sae_id, self.sae_id)
+            key = self._fetch(kid, ident)
+            self._unconfirmed.discard(kid)
             aes: AESGCM | None = AESGCM(key) if len(key) == 32 else None
             if aes is None:
                 self.log(f"key {ident} is {8 * len(key)} bits, not 256: packets rejected")
@@ -80,10 +94,33 @@ class FronthaulDecrypt(Block):
         except UnknownKeyId as e:
             self.log(f"packets under key {ident} rejected: {e}")
             aes = None
+        except KeyNotConfirmed as e:  # not cached: a later frame retries once the block is confirmed
+            if kid not in self._unconfirmed:
+                self.log(f"packets under key {ident} rejected for now: {e} after {self.confirm_wait_s:g} s")
+            self._unconfirmed.add(kid)
+            return None
         self.keys[kid] = aes
         while len(self.keys) > KEY_CACHE:
             self.keys.popitem(last=False)
         return aes
+
+    def _fetch(self, kid: bytes, ident: str) -> bytes:
+        """The key named ``ident``, waiting up to ``confirm_wait_s`` (once per key id) for its block's confirmation."""
+        deadline = None
+        while True:
+            try:
+                ((_, key),) = fetch_keys_by_ids(self.store, self.resolver, [ident], self.peer_sae_id, self.sae_id)
+                return key
+            except KeyNotConfirmed:
+                now = time.monotonic()
+                if deadline is None:
+                    if kid in self._unconfirmed:
+                        raise
+                    deadline = now + self.confirm_wait_s
+                    self.count("confirm_waits")
+                if now >= deadline:
+                    raise
+                time.sleep(self.key_poll_s)
 
     def work(self, ins):
         f = ins["in"]
@@ -107,7 +144,7 @@ class FronthaulDecrypt(Block):
             if kid != cur:
                 cur, aes = kid, self._key(kid)
             if aes is None:
-                c["rejected_unknown_key"] += 1
+                c["rejected_unconfirmed_key" if kid in self._unconfirmed else "rejected_unknown_key"] += 1
                 bad.append(j)
                 continue
             pn = int.from_bytes(src_mv[s + NONCE_AT + 4:s + NONCE_AT + 12], "big")

@@ -12,7 +12,9 @@ shared/reference/physics.md Sec. 5) with a QKD key id in place of the associatio
 
 Nonces: PN starts at 1 and increases by one per packet for the life of the block, so no (key, nonce) pair
 repeats (SP 800-38D Sec. 8.2.1 deterministic construction) even when a key is reused under
-``reuse_last_and_alarm``; every key is cut from the store once (``take_keys``), so a restart never reuses one.
+``reuse_last_and_alarm``; every key is cut from the store once (``take_keys``, one transaction, also against a
+``qkdflow kms`` serving the same store), so a restart never reuses one.  Keys come only from confirmed blocks
+(committed at both ends, ``qkdflow.distill.keystore``).
 Rekeying: a new 256-bit key after ``rekey_packets`` packets or once a packet's slot is ``rekey_interval_s``
 (link clock ``rate_hz``) past the key's first packet, whichever comes first (0 disables either rule).  The key
 id rides in every header, so the decryptor switches at exactly the packet the encryptor did.

@@ -1,9 +1,14 @@
-"""Key store, AAU half: stage on the DU's request, commit only after the DU has committed.
+"""Key store, AAU half: stage on the DU's request, commit (confirmed) only after the DU has committed, say "done".
 
 Protocol and crash windows: see ``blocks/keystore_du.py`` (stage "store"). The AAU answers ``stage`` {n_bits} by
-staging its copy (checking the length) and replying ``staged``; on ``committed`` it commits, gives the first
-``auth_reserve_bits`` bits to ``self.replenish_authentication`` (when the runtime provides it) and keeps the rest.
-At start-up it reconciles its committed ids with the DU's before answering the DU's hello with its own ids.
+staging its copy (checking the length) and replying ``staged``; on ``committed`` it commits the block as confirmed
+(the DU's commit is durable before it says "committed", so the block is committed at both ends and deliverable
+here at once), gives the first ``auth_reserve_bits`` bits to the authentication pool as entry ``block id`` for
+tagging and verifying (``replenish_authentication(bits, entry_id=..., send=True)``), keeps the rest, and answers
+``done`` so that the DU confirms its copy too. It never sends ``abort`` for a block it has committed (the block
+leaves this stage at its commit; a later DU message about it stops the run, ``AauHalf``).
+At start-up it reconciles its committed ids with the DU's (dropping what the DU lacks, confirming the rest) before
+answering the DU's hello with its own ids.
 Ports: sync in; key in (amplify_aau); peer in/out (keystore_du).
 """
 from __future__ import annotations
@@ -63,13 +68,14 @@ class KeystoreAau(AauHalf):
             self.store.stage(blk.id, blk.bits[self.auth_reserve_bits:], block_meta(blk.info))
             st["staged"] = True
             self.send_peer(blk, "staged")
-        elif type_ == "committed" and st.get("staged"):
-            self.store.commit(blk.id)
+        elif type_ == "committed" and st.get("staged") and not st.get("committed"):
+            self.store.commit(blk.id, confirmed=True)  # the DU committed first: held at both ends
             st["committed"] = True
-            replenish(self, blk.bits[:self.auth_reserve_bits])
+            replenish(self, blk.bits[:self.auth_reserve_bits], blk.id, send=True)
             self.count("final_key_bits", int(blk.bits.size))
             self.count("stored_bits", int(blk.bits.size) - self.auth_reserve_bits)
             self.committed.append(blk.id)
+            self.send_peer(blk, "done")
             self.complete(blk, blk.bits)
         else:
             raise ProtocolError(f"unexpected {type_!r} in stage store")

@@ -1,21 +1,32 @@
-"""Key store, DU half: two-phase commit of each final key block at both ends, replenishing authentication key.
+"""Key store, DU half: two-phase commit of each final key block at both ends, confirmation, authentication key.
 
 Stage "store". Both ends keep a ``qkdflow.distill.keystore.KeyStore`` (sqlite, WAL, synchronous=FULL) at
-``store_path``. Start-up: the DU's ``hello`` carries its committed block ids; the AAU calls
-``KeyStore.reconcile(du_ids)`` and answers with its own (reconciled) ids; the DU reconciles with those. Per block
-(same UUID at both ends, metadata: key-basis QBER, leak = EC + tag bits, eps_sec, eps_cor):
+``store_path``, opened as its owner (one key-store block per file; ``qkdflow kms`` and the fronthaul blocks open the
+same file as readers and deliver keys while the flowgraph runs). Start-up: the DU's ``hello`` carries its committed
+block ids; the AAU calls ``KeyStore.reconcile(du_ids)`` (drops what the DU lacks, confirms the rest) and answers
+with its own ids; the DU reconciles with those. Per block (same UUID at both ends, metadata: key-basis QBER,
+leak = EC + tag bits, eps_sec, eps_cor):
 
-    DU: stage(pending) -> "stage" -> AAU: stage(pending) -> "staged" -> DU: commit -> "committed" -> AAU: commit
+    DU: stage(pending) -> "stage" -> AAU: stage(pending) -> "staged" -> DU: commit(unconfirmed) -> "committed"
+    -> AAU: commit(confirmed) -> "done" -> DU: confirm
 
-then each end calls ``self.replenish_authentication(bits)`` with the first ``auth_reserve_bits`` bits of the final
-key (same bits, same order at both ends; skipped and counted if the runtime does not provide the method) and stores
-the rest. Crash windows ("at both ends or neither"):
-  * before the DU's commit: both copies are pending; ``KeyStore`` deletes pending blocks when it is opened again;
-  * after the DU's commit, before the AAU's: the AAU's copy is pending (deleted at its restart) while the DU's is
-    committed; at the next start the hello exchange makes the DU's ``reconcile`` delete it;
-  * after both commits: consistent. The AAU never commits a block the DU has not committed.
-No key is delivered before the start-up reconciliation, so a block held at one end only is never used. A peer that
-disappears mid-block stops the run (runtime); what is left is at most a pending block, never a deliverable one.
+A block is deliverable (``take_keys``, KMS, fronthaul) only once confirmed: at the AAU at its commit (it commits only
+on the DU's "committed", so the DU's commit is durable already), at the DU on "done" or at the next start-up
+reconciliation. Authentication key: the first ``auth_reserve_bits`` bits of the final key go to the Wegman-Carter
+pool as entry ``block id`` (same bits, same order at both ends): the DU adds it at its commit, before sending
+"committed", for verifying only (``send=False``: the AAU may never commit) and authorizes it for tagging on "done";
+the AAU adds it at its commit for both (``send=True``). The rest of the key is stored.
+Crash windows ("at both ends or neither"; "nothing delivered from a block one end lacks"):
+  * before the DU's commit: both copies are pending; the owner deletes pending blocks when it reopens the store;
+  * after the DU's commit, before the AAU's: the DU's copy is committed but unconfirmed (never delivered), the AAU's
+    pending copy is deleted at its restart; the next hello exchange makes the DU's ``reconcile`` delete it;
+  * after the AAU's commit, before the DU has confirmed: the AAU's copy is confirmed (may be delivered), the DU's
+    is committed and unconfirmed; the next hello exchange confirms it at the DU (both hold it);
+  * after the DU's confirm: consistent. The AAU never commits a block the DU has not committed, and the DU never
+    deletes a committed block except in the start-up reconciliation (a mid-run abort after its commit leaves the
+    block unconfirmed for the reconciliation to settle; anything but "done" after "committed" stops the run).
+A peer that disappears mid-block stops the run (runtime); what is left is at most a pending block or an unconfirmed
+one, never a block deliverable at one end only.
 A final key no longer than ``auth_reserve_bits`` aborts the block (nothing to store).
 
 ``report()`` is the run's distillation summary: per-block records, totals (sifted bits, QBER, leak, final key
@@ -32,7 +43,11 @@ import os
 
 import numpy as np
 
-from qkdflow.distill.keystore import KeyBlockMeta, KeyStore
+import blocks.detector  # noqa: F401  main-thread imports of from_graph's lazy ones (CPython 3.11.7 concurrent-compile
+import blocks.wdm_mux  # noqa: F401  bug, see blocks/slot_assigner.py)
+import qkdflow.physics.finite_key  # noqa: F401
+
+from qkdflow.distill.keystore import KeyBlockMeta, KeyStore, KeyStoreError
 from qkdflow.distill.protocol import DuHalf, KeyBlock, ProtocolError, binary_entropy, sync_ports_in
 from qkdflow.physics.from_graph import closed_form_params
 from qkdflow.physics.link import finite_key_for, parse_params
@@ -46,10 +61,14 @@ STORE_PARAMS = (
 
 
 def open_store(path: str) -> KeyStore:
+    """Open ``path`` as its owner (the protocol's writer); a second owner or an unusable file is one line."""
     if path != ":memory:":
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-    return KeyStore(path)
+    try:
+        return KeyStore(path, owner=True)
+    except KeyStoreError as e:
+        raise BlockError(f"store_path: {e}") from None
 
 
 def block_meta(info: dict) -> KeyBlockMeta:
@@ -58,19 +77,20 @@ def block_meta(info: dict) -> KeyBlockMeta:
                         eps_sec=float(info["eps_sec"]), eps_cor=float(info["eps_cor"]))
 
 
-def replenish(block, bits: np.ndarray) -> None:
+def replenish(block, bits: np.ndarray, entry_id: str, send: bool) -> None:
+    """Give ``bits`` to the node's authentication key pool as entry ``entry_id`` (``send``: may tag with it now)."""
     if bits.size == 0:
         return
     fn = getattr(block, "replenish_authentication", None)
     if fn is None:
         block.count("auth_replenish_skipped_bits", int(bits.size))
     else:
-        fn(bits)
+        fn(bits, entry_id=entry_id, send=send)
         block.count("auth_replenished_bits", int(bits.size))
 
 
 class KeystoreDu(DuHalf):
-    """Key store, DU half: stage, commit after the AAU has staged, replenish authentication, report the run."""
+    """Key store, DU half: stage, commit after the AAU has staged, confirm on the AAU's "done", report the run."""
 
     stage = "store"
     has_next = False
@@ -90,6 +110,7 @@ class KeystoreDu(DuHalf):
         self.aborted: list[dict] = []
         self.count("final_key_bits", 0)
         self.count("stored_bits", 0)
+        self.count("reconciled_confirmed_blocks", 0)
         super().start()
 
     def hello_payload(self) -> dict:
@@ -99,10 +120,14 @@ class KeystoreDu(DuHalf):
         ids = msg.get("committed_ids")
         if not isinstance(ids, list):
             raise BlockError("store: hello without committed_ids")
+        unconfirmed = set(self.store.committed_ids()) - set(self.store.confirmed_ids())
         dropped = self.store.reconcile(ids)
-        if dropped:
-            self.log(f"start-up reconciliation: dropped {len(dropped)} block(s) the AAU does not hold")
+        confirmed = len(unconfirmed - set(dropped))
+        if dropped or confirmed:
+            self.log(f"start-up reconciliation: dropped {len(dropped)} block(s) the AAU does not hold, confirmed "
+                     f"{confirmed} block(s) held at both ends")
         self.count("reconciled_dropped_blocks", len(dropped))
+        self.count("reconciled_confirmed_blocks", confirmed)
 
     def relay_abort(self, msg: dict) -> None:
         self.aborted.append({"num": int(msg["num"]), "stage": str(msg.get("stage")), "reason": str(msg.get("reason"))})
@@ -118,24 +143,38 @@ class KeystoreDu(DuHalf):
         self.send_peer(blk, "stage", n_bits=n)
 
     def on_peer(self, blk: KeyBlock, type_: str, msg: dict) -> None:
-        if type_ != "staged" or not blk.state.get("staged"):
+        st = blk.state
+        if type_ == "staged" and st.get("staged") and not st.get("committed"):
+            self.store.commit(blk.id)  # unconfirmed: the AAU may never commit (crash): not deliverable yet
+            st["committed"] = True
+            # verify-only until "done": the AAU holds the entry only once it has committed
+            replenish(self, blk.bits[:self.auth_reserve_bits], blk.id, send=False)
+            self.send_peer(blk, "committed")
+        elif type_ == "done" and st.get("committed"):
+            self.store.confirm(blk.id)
+            if self.auth_reserve_bits:  # the AAU holds entry blk.id now: this end may tag with it
+                self.authorize_authentication(blk.id)
+            n = int(blk.bits.size)
+            self.count("final_key_bits", n)
+            self.count("stored_bits", n - self.auth_reserve_bits)
+            info = blk.info
+            info.setdefault("messages", {})["store"] = blk.msgs
+            info.setdefault("round_trips", {})["store"] = blk.trips
+            self.records.append(info)
+            self.complete(blk, blk.bits)
+        elif st.get("committed"):
+            # After "committed" the AAU may hold the block confirmed: only the start-up reconciliation may drop it.
+            raise BlockError(f"store: {type_!r} from the AAU for block {blk.num} after the DU's commit (expected "
+                             "'done'); the block is settled by the start-up reconciliation")
+        else:
             raise ProtocolError(f"unexpected {type_!r} in stage store")
-        self.store.commit(blk.id)
-        blk.state["committed"] = True
-        self.send_peer(blk, "committed")
-        replenish(self, blk.bits[:self.auth_reserve_bits])
-        n = int(blk.bits.size)
-        self.count("final_key_bits", n)
-        self.count("stored_bits", n - self.auth_reserve_bits)
-        info = blk.info
-        info.setdefault("messages", {})["store"] = blk.msgs
-        info.setdefault("round_trips", {})["store"] = blk.trips
-        self.records.append(info)
-        self.complete(blk, blk.bits)
 
     def on_abort(self, blk: KeyBlock) -> None:
+        # a committed (unconfirmed) block stays for the start-up reconciliation; it is never delivered before
         if blk.state.get("staged") and not blk.state.get("committed"):
             self.store.abort(blk.id)
+        elif blk.state.get("committed"):
+            self.count("unconfirmed_after_abort")
 
     def notice_abort(self, num: int, block_id: str, reason: str, stage: str, by_peer: bool) -> None:
         self.aborted.append({"num": num, "stage": stage, "reason": reason})

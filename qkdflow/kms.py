@@ -19,7 +19,12 @@ requests a client certificate but does not require one, so a missing certificate
 401 with a JSON body; a certificate that does not chain to ``--ca`` fails the TLS handshake itself (a TLS server
 cannot answer HTTP over a connection it refused to authenticate) and the server keeps serving.
 
-**Key IDs without KME-to-KME traffic.** Both KMEs of a link hold the same committed key blocks under the same
+**Store sharing.** The KME opens its side's store as a reader (``KeyStore(path)``, not the owner), so it runs
+beside the flowgraph whose key-store block fills that store; every delivery is one write transaction, so keys are
+handed out once across all processes using the store.  Only *confirmed* blocks (committed at both ends, see
+``qkdflow.distill.keystore``) serve keys and count in ``stored_key_count``.
+
+**Key IDs without KME-to-KME traffic.** Both KMEs of a link hold the same confirmed key blocks under the same
 block ids (the distillation blocks guarantee it).  The master KME cuts keys with ``KeyStore.take_keys`` and names
 each key by a *deterministic* UUID derived from where its bits live; the slave KME decodes the UUID back to
 (block, offset, size), records the slice with ``accept_peer_keys`` and delivers it once with ``get_by_ids``.
@@ -37,6 +42,8 @@ SAE-pair tag          22      first 22 bits of SHA-256(master SAE id NUL slave S
                               a key only to the slave SAE and for the master SAE it was cut for
 ====================  ======  =========================================================================
 
+A key ID naming a block that the slave end has committed but not yet confirmed (the AAU confirms at its commit,
+the DU one message later) gets a 503 "retry": the key becomes available within a message round trip.
 Only one end of a link allocates key (the store's rule), so a KME runs as ``--role master`` (serves
 ``enc_keys``) or ``--role slave`` (serves ``dec_keys``); the other call gets a 400 naming the right KME.
 Limitation inherited from ``KeyStore.accept_peer_keys`` (one allocation cursor per block): the slave end must
@@ -66,6 +73,7 @@ from qkdflow.distill.keystore import (
     AlreadyDelivered,
     InsufficientKey,
     KeyDescriptor,
+    KeyNotConfirmed,
     KeyNotFound,
     KeyStore,
     KeyStoreError,
@@ -205,7 +213,8 @@ def fetch_keys_by_ids(store: KeyStore, resolver: BlockResolver, key_ids: Iterabl
     """Slave end: deliver the keys with these IDs once, all or nothing, in the order asked.
 
     Raises ``UnknownKeyId`` (a ValueError) for an id that is malformed, for another SAE pair, names no
-    committed block, repeats, or whose bits were already delivered or passed over here.
+    committed block, repeats, or whose bits were already delivered or passed over here; ``KeyNotConfirmed``
+    (nothing delivered, retry later) if its block is committed here but not yet confirmed.
     """
     ids = list(key_ids)
     want_pair = _pair_tag(master_sae_id, slave_sae_id)
@@ -229,6 +238,8 @@ def fetch_keys_by_ids(store: KeyStore, resolver: BlockResolver, key_ids: Iterabl
         descs.append(KeyDescriptor(canon, bid, f.offset_bits, f.size_bits))
     try:
         store.accept_peer_keys(descs)
+    except KeyNotConfirmed:
+        raise
     except KeyNotFound as e:
         raise UnknownKeyId(str(e)) from None
     except (AlreadyDelivered, KeyStoreError) as e:
@@ -239,13 +250,13 @@ def fetch_keys_by_ids(store: KeyStore, resolver: BlockResolver, key_ids: Iterabl
     return [(d.key_id, d.key) for d in got]
 
 
-# ---- one KeyStore per path and process (the store opens with an exclusive lock) ----------------------
+# ---- one KeyStore connection per path and process, shared by the blocks that deliver from it -------------
 _STORES: dict[str, list] = {}
 _STORES_LOCK = threading.Lock()
 
 
 def shared_store(path: str) -> KeyStore:
-    """The process-wide KeyStore for ``path`` (opened on first use, reference counted)."""
+    """The process-wide reader KeyStore for ``path`` (opened on first use, reference counted)."""
     key = path if path == ":memory:" else os.path.realpath(path)
     with _STORES_LOCK:
         ent = _STORES.get(key)
@@ -425,6 +436,9 @@ class KeyManager:
             keys = fetch_keys_by_ids(self.store, self.resolver, ids, master, slave)
         except UnknownKeyId as e:
             raise ApiError(400, str(e), [{"key_IDs": ids}]) from None
+        except KeyNotConfirmed as e:
+            self.count("not_yet_confirmed")
+            raise ApiError(503, f"key not yet available at KME {self.kme_id!r}, retry shortly: {e}") from None
         except KeyStoreError as e:
             raise ApiError(503, f"key store error: {e}") from None
         self.count("keys_delivered", len(keys))
@@ -654,7 +668,8 @@ def _cert_cn(path: str) -> str | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, help="this side's key store (sqlite file filled by distillation)")
+    p.add_argument("--store", required=True,
+                   help="this side's key store (sqlite file filled by distillation, also while it runs)")
     p.add_argument("--role", choices=("master", "slave"), required=True,
                    help="master: serves enc_keys (this side allocates); slave: serves dec_keys")
     p.add_argument("--sae-id", action="append", required=True, metavar="ID", help="SAE attached to this KME; repeatable")
@@ -690,7 +705,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--store: no such key store {args.store!r}")
     kme_id = args.kme_id or _cert_cn(args.cert) or "kme"
     try:
-        store = KeyStore(args.store)
+        store = KeyStore(args.store, owner=False)  # a reader: the running flowgraph's key-store block owns it
     except KeyStoreError as e:
         raise ValueError(f"--store: {e}") from None
     try:

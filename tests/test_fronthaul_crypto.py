@@ -34,7 +34,7 @@ def add_blocks(paths_or_stores, n_blocks, block_bytes, seed):
         key = bytes(rnd.getrandbits(8) for _ in range(block_bytes))
         for s in stores:
             s.stage(bid, key, META)
-            s.commit(bid)
+            s.commit(bid, confirmed=True)  # both ends hold it: deliverable
     for s, p in zip(stores, paths_or_stores):
         if isinstance(p, str):
             s.close()
@@ -238,3 +238,62 @@ def test_bad_parameters_are_rejected():
     with pytest.raises(ParamError):
         FronthaulEncrypt("e")  # store_path is required
     assert FronthaulEncrypt("e", store_path="x", sae_id="a", peer_sae_id="a").validate()
+
+
+def _half_confirmed(a, b, seed):
+    """One block confirmed at the AAU's store (a) and committed but unconfirmed at the DU's (b): "done" in flight."""
+    rnd = random.Random(seed)
+    bid = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+    key = rnd.randbytes(64)
+    sa, sb = KeyStore(a, owner=True), KeyStore(b, owner=True)
+    for s in (sa, sb):
+        s.stage(bid, key, META)
+    sb.commit(bid)
+    sa.commit(bid, confirmed=True)
+    sa.close()
+    return bid, sb
+
+
+def test_decrypt_holds_for_a_key_whose_block_is_confirmed_a_moment_later(stores):
+    a, b = stores
+    bid, owner_b = _half_confirmed(a, b, seed=8)
+    fs = frames(32, per_frame=16)
+    (c1, c2) = run_blocks([FronthaulEncrypt("enc", store_path=a, rekey_packets=0, rekey_interval_s=0)], fs)
+    dec = FronthaulDecrypt("dec", store_path=b, confirm_wait_s=60.0, key_poll_s=0.002)
+    def done_arrives():  # the DU's keystore block gets "done" while the decryptor is holding for it
+        while dec.counters.get("confirm_waits", 0) == 0:
+            time.sleep(0.001)
+        owner_b.confirm(bid)
+
+    confirmer = threading.Thread(target=done_arrives, daemon=True)
+    dec.start()
+    try:
+        confirmer.start()
+        outs = [dec.work({"in": c})["out"] for c in (c1, c2)]
+    finally:
+        confirmer.join()
+        dec.stop()
+        owner_b.close()
+    assert np.array_equal(np.concatenate([f.data for f in outs]), np.concatenate([f.data for f in fs]))
+    assert dec.counters["confirm_waits"] == 1 and dec.counters["packets_ok"] == 32
+    assert dec.counters["rejected_unconfirmed_key"] == dec.counters["rejected_unknown_key"] == 0
+
+
+def test_decrypt_rejects_while_a_block_stays_unconfirmed_and_retries_later(stores):
+    a, b = stores
+    bid, owner_b = _half_confirmed(a, b, seed=9)
+    fs = frames(32, per_frame=16)
+    (c1, c2) = run_blocks([FronthaulEncrypt("enc", store_path=a, rekey_packets=0, rekey_interval_s=0)], fs)
+    dec = FronthaulDecrypt("dec", store_path=b, confirm_wait_s=0.01, key_poll_s=0.002)
+    dec.start()
+    try:
+        first = dec.work({"in": c1})["out"]
+        assert len(first.data) == 0 and dec.counters["rejected_unconfirmed_key"] == 16
+        assert owner_b.stats()["delivered_keys"] == owner_b.stats()["reserved_keys"] == 0  # nothing burnt
+        owner_b.confirm(bid)  # e.g. the start-up reconciliation after the AAU came back
+        second = dec.work({"in": c2})["out"]
+    finally:
+        dec.stop()
+    assert np.array_equal(second.data, fs[1].data) and dec.counters["packets_ok"] == 16
+    assert owner_b.stats()["delivered_keys"] == 1
+    owner_b.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import http.client
 import json
 import os
@@ -48,7 +49,7 @@ def fill(stores, n_blocks=2, block_bytes=1024, seed=1):
         key = bytes(rnd.getrandbits(8) for _ in range(block_bytes))
         for s in stores:
             s.stage(bid, key, META)
-            s.commit(bid)
+            s.commit(bid, confirmed=True)  # both ends hold it: deliverable
         ids[bid] = key
     return ids
 
@@ -303,9 +304,8 @@ def test_key_manager_rejects_bad_configuration():
 # ---- the command -------------------------------------------------------------------------------------
 def test_qkdflow_kms_command_serves_and_stops(pki, tmp_path, ports, cli_env):
     path = str(tmp_path / "aau.db")
-    s = KeyStore(path)
+    s = KeyStore(path, owner=True)  # the flowgraph's key-store block, kept open: the KMS runs beside it
     fill([s], 1, 256)
-    s.close()
     port = ports(1)
     cmd = [sys.executable, "-m", "qkdflow.runtime.cli", "kms", "--store", path, "--role", "master",
            "--sae-id", "sae-aau", "--peer-sae-id", "sae-du", "--peer-kme", "kme-du", "--cert", pki["kme-aau"][0],
@@ -325,10 +325,58 @@ def test_qkdflow_kms_command_serves_and_stops(pki, tmp_path, ports, cli_env):
                     raise
                 time.sleep(0.1)
         assert st_ == 200 and body["source_KME_ID"] == "kme-aau" and body["stored_key_count"] == 8
+        # the owner keeps writing while the KMS serves: a confirmed block counts at once, an unconfirmed one never
+        for seed, confirmed in ((2, True), (3, False)):
+            bid = str(uuid.UUID(int=seed, version=4))
+            s.stage(bid, random.Random(seed).randbytes(256), META)
+            s.commit(bid, confirmed=confirmed)
+        assert call(c, "GET", "/api/v1/keys/sae-du/status")[1]["stored_key_count"] == 16
+        # another process-local deliverer (a fronthaul encryptor) and the KMS take from the same store
+        local = [k.key for k in s.take_keys(3, 256)]
+        st_, got = call(c, "GET", "/api/v1/keys/sae-du/enc_keys?number=13")
+        assert st_ == 200 and len(got["keys"]) == 13
+        remote = [base64.b64decode(k["key"]) for k in got["keys"]]
+        unconfirmed = random.Random(3).randbytes(256)
+        assert len(set(local + remote)) == 16  # each key once (random blocks: equal bytes = the same slice)
+        assert not any(k in unconfirmed for k in local + remote)
+        st_, err = call(c, "GET", "/api/v1/keys/sae-du/enc_keys")
+        assert st_ == 503 and s.stats()["delivered_keys"] == 16
     finally:
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=20)
+        s.close()
     assert p.returncode == 0, err
     bad = subprocess.run(cmd[:-2] + ["--port", str(port), "--sae-map", "oops"], capture_output=True, text=True,
                          env=cli_env, timeout=30)
     assert bad.returncode == 2 and "--sae-map" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_only_confirmed_blocks_serve_keys_and_an_unconfirmed_one_is_503_retry_at_the_slave(pki):
+    lk = Link(pki, n_blocks=0)
+    try:
+        bid, key = str(uuid.UUID(int=77, version=4)), bytes(range(256)) * 2
+        for s in (lk.a, lk.b):
+            s.stage(bid, key, META)
+        lk.b.commit(bid)  # DU committed, said "committed"; the AAU then commits, confirmed (its "done" in flight)
+        lk.a.commit(bid, confirmed=True)
+        ca, cb = lk.conn(lk.sa, "sae-aau"), lk.conn(lk.sb, "sae-du")
+        assert call(ca, "GET", "/api/v1/keys/sae-du/status")[1]["stored_key_count"] == 16
+        assert call(cb, "GET", "/api/v1/keys/sae-aau/status")[1]["stored_key_count"] == 0
+        st_, k = call(ca, "POST", "/api/v1/keys/sae-du/enc_keys", {"number": 2})
+        assert st_ == 200
+        ids = {"key_IDs": [{"key_ID": x["key_ID"]} for x in k["keys"]]}
+        before = lk.b.stats()
+        st_, err = call(cb, "POST", "/api/v1/keys/sae-aau/dec_keys", ids)
+        assert st_ == 503 and "retry" in err["message"] and "not yet confirmed" in err["message"]
+        assert lk.b.stats() == before  # nothing recorded or delivered at the slave
+        lk.b.confirm(bid)  # the AAU's "done" arrives
+        st_, d = call(cb, "POST", "/api/v1/keys/sae-aau/dec_keys", ids)
+        assert st_ == 200 and d == k and [base64.b64decode(x["key"]) for x in d["keys"]] == [key[:32], key[32:64]]
+        assert lk.mb.counters["not_yet_confirmed"] == 1
+        # a block committed but unconfirmed at the master end serves nothing either
+        other = str(uuid.UUID(int=78, version=4))
+        lk.a.stage(other, b"\x01" * 64, META)
+        lk.a.commit(other)
+        assert call(ca, "GET", "/api/v1/keys/sae-du/status")[1]["stored_key_count"] == 14
+    finally:
+        lk.close()

@@ -89,7 +89,7 @@ def main() -> int:
         need_bytes = 32 * (a.requests * (a.runs + 1) + 10 * a.connections * (a.runs + 1))
         bid = str(uuid.uuid4())
         s.stage(bid, os.urandom(need_bytes), KeyBlockMeta(0.02, 0, 1e-10, 1e-12))
-        s.commit(bid)
+        s.commit(bid, confirmed=True)  # both ends hold it: deliverable
         s.close()
         port = free_port()
         cmd = [sys.executable, "-m", "qkdflow.runtime.cli", "kms", "--store", store_path, "--role", "master",

@@ -1,32 +1,43 @@
-"""Per-side persistent key store with a two-phase commit helper and once-only key delivery.
+"""Per-side persistent key store: two-phase commit, a 'confirmed' gate, once-only delivery, shared by processes.
 
 Design (after the AIT QKD R10 Q3P key store and ETSI GS QKD 014 V1.1.1 key delivery; see
 shared/reference/postprocessing.md Secs. 4-5):
 
 * One sqlite3 database per side (standard library), WAL journal, ``synchronous=FULL`` so a committed
-  transaction survives a process kill *and* a power loss, ``locking_mode=EXCLUSIVE`` so a second process
-  cannot open the same store while one has it (the open-time cleanup below relies on a single owner).
-  ``":memory:"`` gives a volatile store with the same behaviour.
+  transaction survives a process kill *and* a power loss.  Several processes open the same store at once: the
+  flowgraph's key-store block writes key blocks while ``qkdflow kms`` and the fronthaul blocks deliver keys.
+  Every write is one ``BEGIN IMMEDIATE`` transaction (writers serialise; a writer waits up to
+  ``busy_timeout_s`` for another, then ``KeyStoreError``), readers never block (WAL).
+  ``":memory:"`` gives a volatile single-connection store with the same behaviour.
+* **Owner.** ``KeyStore(path, owner=True)`` is the distillation's key-store block: it holds an ``fcntl.flock``
+  on ``<path>.owner`` for as long as the store is open (the kernel drops it when the process dies, also on
+  SIGKILL), so a second owner is refused with one line naming the holder's pid.  Only the owner deletes, at
+  open, the *pending* blocks of a protocol run that did not finish before a restart; a reader (``owner=False``,
+  the default) never does, so a KMS opening the store while a flowgraph is mid-block leaves that block alone.
 * Key blocks are stored by UUID with metadata (QBER, leak bits, eps_sec, eps_cor, length in bits,
   creation time, state).  Key bits are stored packed (``np.packbits``, MSB first).
-* "A key block exists at both ends or at neither":  ``stage`` writes a block as *pending* (never
-  deliverable), ``commit`` makes it deliverable, ``abort`` deletes it.  Pending blocks found when a store is
-  opened belong to a protocol run that did not finish before a restart and are deleted.  Recommended
-  exchange: A stages, B stages, B acks, A commits, A tells B, B commits.  A crash can leave a block committed
-  at one end only (the other end's pending copy is discarded on restart), so after any restart the two ends
-  exchange ``committed_ids()`` and call ``reconcile(peer_ids)`` before delivering keys; that deletes the
-  blocks the peer lacks.
+* "A key block exists at both ends or at neither": ``stage`` writes a block as *pending*, ``commit`` makes it
+  *committed*, ``abort`` deletes a pending one.  A committed block is **deliverable only once it is confirmed**:
+  known to be committed at both ends (``commit(..., confirmed=True)`` when the caller knows the peer committed
+  first, else ``confirm`` later, or ``reconcile``).  Exchange used by ``blocks/keystore_{du,aau}.py``: DU
+  stages, AAU stages, DU commits (unconfirmed), AAU commits (confirmed: the DU's commit came first), AAU says
+  "done", DU confirms.  A crash can leave a block committed at one end only (the other end's pending copy is
+  deleted when its owner reopens the store); that copy is never confirmed, so nothing was delivered from it.
+  After any restart the two ends exchange ``committed_ids()`` and call ``reconcile(peer_ids)``: it deletes the
+  committed blocks the peer lacks and confirms every other committed block.
 * Delivery (ETSI 014 ``enc_keys``): ``take_keys(number, size_bits)`` cuts ``number`` keys of ``size_bits``
-  (multiple of 8) from committed blocks in commit order and marks them delivered *in the same transaction*
-  that returns them, so a key is handed out at most once, also across crashes (a crash after the commit but
-  before the caller used the key loses that key; it is never handed out twice).  Keys never span blocks.
-  The master end sends the returned descriptors (key_id, block_id, offset, size) to the peer store, which
-  records them with ``accept_peer_keys``; the peer application then fetches them once with ``get_by_ids``
-  (ETSI 014 ``dec_keys``).  Only one end of a link allocates (the master); a descriptor that overlaps bits
-  already allocated at the receiving end is refused.
+  (multiple of 8) from confirmed blocks in commit order and marks them delivered *in the same transaction*
+  that returns them, so a key is handed out at most once, also across processes and crashes (a crash after
+  the commit but before the caller used the key loses that key; it is never handed out twice).  Keys never
+  span blocks.  The master end sends the returned descriptors (key_id, block_id, offset, size) to the peer
+  store, which records them with ``accept_peer_keys`` (confirmed blocks only; ``KeyNotConfirmed`` for a block
+  committed here but not yet confirmed, a transient state); the peer application then fetches them once with
+  ``get_by_ids`` (ETSI 014 ``dec_keys``).  Only one end of a link allocates (the master); a descriptor that
+  overlaps bits already allocated at the receiving end is refused.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -47,7 +58,9 @@ __all__ = [
     "KeyStoreError",
     "InsufficientKey",
     "KeyNotFound",
+    "KeyNotConfirmed",
     "AlreadyDelivered",
+    "StoreBusy",
 ]
 
 _SCHEMA = """
@@ -63,7 +76,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     created_s        REAL NOT NULL,
     committed_s      REAL,
     commit_order     INTEGER,
-    next_offset_bits INTEGER NOT NULL DEFAULT 0
+    next_offset_bits INTEGER NOT NULL DEFAULT 0,
+    confirmed_s      REAL
 );
 CREATE TABLE IF NOT EXISTS keys (
     key_id       TEXT PRIMARY KEY,
@@ -75,6 +89,8 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 CREATE INDEX IF NOT EXISTS blocks_by_order ON blocks(state, commit_order);
 """
+#: deliverable = committed at this end and known committed at the peer
+_DELIVERABLE = "state = 'committed' AND confirmed_s IS NOT NULL"
 
 
 class KeyStoreError(Exception):
@@ -82,15 +98,23 @@ class KeyStoreError(Exception):
 
 
 class InsufficientKey(KeyStoreError):
-    """Not enough committed, undelivered key for the request."""
+    """Not enough confirmed, undelivered key for the request."""
 
 
 class KeyNotFound(KeyStoreError):
     """No block / key with that id."""
 
 
+class KeyNotConfirmed(KeyStoreError):
+    """The block is committed here but not yet known to be committed at the peer (retry shortly)."""
+
+
 class AlreadyDelivered(KeyStoreError):
     """The key was already handed out once."""
+
+
+class StoreBusy(KeyStoreError):
+    """Another process held the store's write lock for longer than ``busy_timeout_s``."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,12 @@ class KeyBlockInfo:
     created_s: float
     committed_s: float | None
     next_offset_bits: int
+    confirmed_s: float | None = None
+
+    @property
+    def deliverable(self) -> bool:
+        """Committed here and known to be committed at the peer."""
+        return self.state == "committed" and self.confirmed_s is not None
 
 
 @dataclass(frozen=True)
@@ -169,38 +199,111 @@ def _pack_key(key: np.ndarray | bytes) -> tuple[bytes, int]:
     return np.packbits(arr).tobytes(), int(arr.size)
 
 
-class KeyStore:
-    """Key blocks of one side of a link.  ``path`` is a file name or ``":memory:"``."""
-
-    def __init__(self, path: str | os.PathLike = ":memory:", *, busy_timeout_s: float = 2.0) -> None:
-        self.path = os.fspath(path)
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+def _owner_lock(path: str) -> int:
+    """Take the owner lock ``<path>.owner`` (flock, released by the kernel when the process dies); its fd."""
+    lock_path = os.path.realpath(path) + ".owner"  # one lock per store file, however the path is spelt
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         try:
-            self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if self.path != ":memory:" and str(mode).lower() != "wal":
-                raise KeyStoreError(f"key store {self.path!r}: cannot enable WAL journal (got {mode!r})")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            with self._tx():
-                # Blocks still pending from before this open can never be committed consistently.
-                cur = self._conn.execute("DELETE FROM blocks WHERE state = 'pending'")
-                self.discarded_pending: int = cur.rowcount
-        except sqlite3.OperationalError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise KeyStoreError(f"key store {path!r} already has an owner (pid {holder}, lock {lock_path}): "
+                            "one key-store block per store file") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class KeyStore:
+    """Key blocks of one side of a link.  ``path`` is a file name or ``":memory:"``.
+
+    ``owner=True``: the writer of the distillation protocol (one per store file, enforced); it deletes the
+    pending blocks left by an unfinished run when it opens the store.  Readers (KMS, fronthaul blocks) use the
+    default ``owner=False``.  ``busy_timeout_s``: how long a write waits for another process's write.
+    """
+
+    def __init__(self, path: str | os.PathLike = ":memory:", *, owner: bool = False,
+                 busy_timeout_s: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        self.owner = bool(owner)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self._lock = threading.RLock()
+        self._owner_fd: int | None = None
+        self.discarded_pending: int = 0
+        memory = self.path == ":memory:"
+        if self.owner and not memory:
+            self._owner_fd = _owner_lock(self.path)
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            self._release_owner()
+            raise KeyStoreError(f"key store {self.path!r}: cannot open: {exc}") from None
+        try:
+            self._retry_locked(self._setup)
+            if self.owner:
+                with self._tx() as c:
+                    # Pending blocks from before this owner's open can never be committed consistently (the
+                    # protocol run that staged them is gone); readers never delete them (a live run may own them).
+                    self.discarded_pending = c.execute("DELETE FROM blocks WHERE state = 'pending'").rowcount
+        except BaseException as exc:
             self._conn.close()
-            if "locked" in str(exc):
-                raise KeyStoreError(f"key store {self.path!r} is in use by another process") from None
+            self._release_owner()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise KeyStoreError(f"key store {self.path!r}: {exc}") from None
             raise
+
+    def _setup(self) -> None:
+        c = self._conn
+        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if self.path != ":memory:" and str(mode).lower() != "wal":
+            raise KeyStoreError(f"key store {self.path!r}: cannot enable WAL journal (got {mode!r})")
+        c.execute("PRAGMA synchronous=FULL")
+        c.execute("PRAGMA foreign_keys=ON")
+        c.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        cols = {r[1] for r in c.execute("PRAGMA table_info(blocks)")}
+        if "confirmed_s" not in cols:  # store written before the confirmed state: its blocks count as unconfirmed
+            with self._tx():
+                if "confirmed_s" not in {r[1] for r in c.execute("PRAGMA table_info(blocks)")}:
+                    c.execute("ALTER TABLE blocks ADD COLUMN confirmed_s REAL")
+
+    def _retry_locked(self, fn) -> None:
+        """Run ``fn`` again while sqlite reports a lock held by another process's open (up to the busy timeout)."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(f"key store {self.path!r} stayed locked by another process for "
+                                    f"{self.busy_timeout_s:g} s") from None
+                time.sleep(0.01)
+
+    def _release_owner(self) -> None:
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)  # closing the descriptor drops the flock
+            self._owner_fd = None
 
     # -- plumbing ---------------------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front so concurrent writers queue."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise StoreBusy(f"key store {self.path!r} is busy: another process held its write lock for "
+                                    f"more than {self.busy_timeout_s:g} s") from None
+                raise
             try:
                 yield self._conn
             except BaseException:
@@ -211,6 +314,7 @@ class KeyStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._release_owner()
 
     def __enter__(self) -> "KeyStore":
         return self
@@ -238,20 +342,34 @@ class KeyStore:
         except sqlite3.IntegrityError:
             raise ValueError(f"block_id {bid} already exists in key store") from None
 
-    def commit(self, block_id: str | uuid.UUID) -> None:
-        """Make a pending block deliverable (idempotent for an already committed block)."""
+    def commit(self, block_id: str | uuid.UUID, *, confirmed: bool = False) -> None:
+        """Make a pending block committed (idempotent for an already committed block).
+
+        ``confirmed=True`` when the caller knows the peer has committed it already (the second end to commit):
+        the block is deliverable at once.  Otherwise it becomes deliverable by ``confirm`` or ``reconcile``.
+        """
         bid = _canon_uuid(block_id, "block_id")
+        now = time.time()
         with self._tx() as c:
             row = c.execute("SELECT state FROM blocks WHERE block_id = ?", (bid,)).fetchone()
             if row is None:
                 raise KeyNotFound(f"block {bid} is not staged (never staged, aborted, or discarded at restart)")
-            if row[0] == "committed":
-                return
-            order = c.execute("SELECT IFNULL(MAX(commit_order), 0) + 1 FROM blocks").fetchone()[0]
-            c.execute(
-                "UPDATE blocks SET state = 'committed', committed_s = ?, commit_order = ? WHERE block_id = ?",
-                (time.time(), order, bid),
-            )
+            if row[0] != "committed":
+                order = c.execute("SELECT IFNULL(MAX(commit_order), 0) + 1 FROM blocks").fetchone()[0]
+                c.execute("UPDATE blocks SET state = 'committed', committed_s = ?, commit_order = ? "
+                          "WHERE block_id = ?", (now, order, bid))
+            if confirmed:
+                c.execute("UPDATE blocks SET confirmed_s = ? WHERE block_id = ? AND confirmed_s IS NULL", (now, bid))
+
+    def confirm(self, block_id: str | uuid.UUID) -> None:
+        """The peer has committed this block too: make it deliverable (idempotent)."""
+        bid = _canon_uuid(block_id, "block_id")
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM blocks WHERE block_id = ?", (bid,)).fetchone()
+            if row is None or row[0] != "committed":
+                raise KeyNotFound(f"block {bid} is not committed here ({'unknown' if row is None else row[0]})")
+            c.execute("UPDATE blocks SET confirmed_s = ? WHERE block_id = ? AND confirmed_s IS NULL",
+                      (time.time(), bid))
 
     def abort(self, block_id: str | uuid.UUID) -> None:
         """Delete a pending block (no-op if it is unknown; refuses a committed block)."""
@@ -263,20 +381,35 @@ class KeyStore:
             c.execute("DELETE FROM blocks WHERE block_id = ? AND state = 'pending'", (bid,))
 
     def committed_ids(self) -> list[str]:
+        """Every committed block, confirmed or not, in commit order (what the start-up hello carries)."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT block_id FROM blocks WHERE state = 'committed' ORDER BY commit_order"
             ).fetchall()
         return [r[0] for r in rows]
 
+    def confirmed_ids(self) -> list[str]:
+        """The deliverable blocks, in commit order."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT block_id FROM blocks WHERE {_DELIVERABLE} ORDER BY commit_order").fetchall()
+        return [r[0] for r in rows]
+
     def reconcile(self, peer_committed_ids: Iterable[str | uuid.UUID]) -> list[str]:
-        """Delete committed blocks the peer does not hold; returns their ids (in commit order)."""
+        """Start-up reconciliation: delete committed blocks the peer does not hold and confirm all others.
+
+        Returns the deleted ids (in commit order).  A block both ends hold committed is committed at both ends,
+        so it becomes deliverable; a block only this end holds was never confirmed (the protocol confirms only
+        after the peer's commit), so nothing was delivered from it.
+        """
         peer = {_canon_uuid(b, "peer block id") for b in peer_committed_ids}
+        now = time.time()
         with self._tx() as c:
             ours = [r[0] for r in c.execute(
                 "SELECT block_id FROM blocks WHERE state = 'committed' ORDER BY commit_order")]
             drop = [b for b in ours if b not in peer]
             c.executemany("DELETE FROM blocks WHERE block_id = ?", [(b,) for b in drop])
+            c.execute("UPDATE blocks SET confirmed_s = ? WHERE state = 'committed' AND confirmed_s IS NULL", (now,))
         return drop
 
     # -- delivery ---------------------------------------------------------------------------------------
@@ -288,7 +421,7 @@ class KeyStore:
             raise ValueError(f"size_bits must be a positive multiple of 8, got {size_bits}")
 
     def take_keys(self, number: int, size_bits: int) -> list[DeliveredKey]:
-        """Cut ``number`` keys of ``size_bits`` bits, mark them delivered atomically, return them.
+        """Cut ``number`` keys of ``size_bits`` bits from confirmed blocks, mark them delivered atomically.
 
         Raises ``InsufficientKey`` (delivering nothing) if fewer are available.
         """
@@ -299,7 +432,7 @@ class KeyStore:
         now = time.time()
         with self._tx() as c:
             rows = c.execute(
-                "SELECT block_id, length_bits, next_offset_bits FROM blocks WHERE state = 'committed'"
+                f"SELECT block_id, length_bits, next_offset_bits FROM blocks WHERE {_DELIVERABLE}"
                 " AND length_bits - next_offset_bits >= ? ORDER BY commit_order",
                 (size_bits,),
             ).fetchall()
@@ -334,7 +467,9 @@ class KeyStore:
         return out
 
     def accept_peer_keys(self, descriptors: Iterable[KeyDescriptor]) -> None:
-        """Record keys the master end delivered, so ``get_by_ids`` can serve them once (all or nothing)."""
+        """Record keys the master end delivered, so ``get_by_ids`` can serve them once (all or nothing).
+
+        ``KeyNotConfirmed`` if a block is committed here but not yet confirmed (retry once it is)."""
         descs = sorted(descriptors, key=lambda d: (d.block_id, d.offset_bits))
         with self._tx() as c:
             for d in descs:
@@ -343,11 +478,14 @@ class KeyStore:
                 self._check_size(d.size_bits)
                 if d.offset_bits < 0 or d.offset_bits % 8:
                     raise ValueError(f"offset_bits must be a non-negative multiple of 8, got {d.offset_bits}")
-                row = c.execute("SELECT state, length_bits, next_offset_bits FROM blocks WHERE block_id = ?",
-                                (bid,)).fetchone()
+                row = c.execute("SELECT state, length_bits, next_offset_bits, confirmed_s FROM blocks"
+                                " WHERE block_id = ?", (bid,)).fetchone()
                 if row is None or row[0] != "committed":
                     raise KeyNotFound(f"key {kid}: block {bid} is not committed in this store")
-                _, length, cursor = row
+                _, length, cursor, confirmed_s = row
+                if confirmed_s is None:
+                    raise KeyNotConfirmed(f"key {kid}: block {bid} is committed here but not yet confirmed at "
+                                          "both ends")
                 if d.offset_bits < cursor:
                     raise KeyStoreError(f"key {kid}: bits [{d.offset_bits}, +{d.size_bits}) of block {bid}"
                                         f" overlap bits already allocated here (up to {cursor})")
@@ -370,15 +508,17 @@ class KeyStore:
             for kid in ids:
                 row = c.execute(
                     "SELECT k.state, k.block_id, k.offset_bits, k.size_bits,"
-                    " substr(b.key, k.offset_bits / 8 + 1, k.size_bits / 8)"
+                    " substr(b.key, k.offset_bits / 8 + 1, k.size_bits / 8), b.confirmed_s"
                     " FROM keys k JOIN blocks b ON b.block_id = k.block_id WHERE k.key_id = ?",
                     (kid,),
                 ).fetchone()
                 if row is None:
                     raise KeyNotFound(f"key_id {kid} is unknown")
-                state, bid, off, size, blob = row
+                state, bid, off, size, blob, confirmed_s = row
                 if state == "delivered":
                     raise AlreadyDelivered(f"key_id {kid} was already delivered")
+                if confirmed_s is None:  # accept_peer_keys only records keys of confirmed blocks: defence in depth
+                    raise KeyNotConfirmed(f"key_id {kid}: block {bid} is not confirmed at both ends")
                 c.execute("UPDATE keys SET state = 'delivered', delivered_s = ? WHERE key_id = ?", (now, kid))
                 out.append(DeliveredKey(kid, bytes(blob), bid, off, size))
         return out
@@ -392,7 +532,7 @@ class KeyStore:
         with self._lock:
             row = self._conn.execute(
                 "SELECT block_id, state, length_bits, qber, leak_bits, eps_sec, eps_cor, created_s,"
-                " committed_s, next_offset_bits FROM blocks WHERE block_id = ?", (bid,)).fetchone()
+                " committed_s, next_offset_bits, confirmed_s FROM blocks WHERE block_id = ?", (bid,)).fetchone()
         if row is None:
             raise KeyNotFound(f"block {bid} not in key store")
         return KeyBlockInfo(*row)
@@ -403,17 +543,21 @@ class KeyStore:
         with self._lock:
             (n,) = self._conn.execute(
                 "SELECT IFNULL(SUM((length_bits - next_offset_bits) / ?), 0) FROM blocks"
-                " WHERE state = 'committed'", (size_bits,)).fetchone()
+                f" WHERE {_DELIVERABLE}", (size_bits,)).fetchone()
         return int(n)
 
     def stats(self) -> dict[str, float | int]:
-        """Counts and bit totals by state, and leak/QBER summaries of committed blocks."""
+        """Counts and bit totals by state, and leak/QBER summaries of committed blocks.
+
+        ``unallocated_bits`` counts confirmed (deliverable) blocks only; ``unconfirmed_bits`` the rest."""
         with self._lock:
             c = self._conn
-            pending, committed, committed_bits, avail_bits, leak, qber = c.execute(
+            pending, committed, confirmed, committed_bits, avail_bits, unconf_bits, leak, qber = c.execute(
                 "SELECT SUM(state = 'pending'), SUM(state = 'committed'),"
+                f" SUM({_DELIVERABLE}),"
                 " IFNULL(SUM(CASE WHEN state = 'committed' THEN length_bits END), 0),"
-                " IFNULL(SUM(CASE WHEN state = 'committed' THEN length_bits - next_offset_bits END), 0),"
+                f" IFNULL(SUM(CASE WHEN {_DELIVERABLE} THEN length_bits - next_offset_bits END), 0),"
+                " IFNULL(SUM(CASE WHEN state = 'committed' AND confirmed_s IS NULL THEN length_bits END), 0),"
                 " IFNULL(SUM(CASE WHEN state = 'committed' THEN leak_bits END), 0),"
                 " AVG(CASE WHEN state = 'committed' THEN qber END) FROM blocks").fetchone()
             kstats = dict(c.execute(
@@ -422,8 +566,11 @@ class KeyStore:
         return {
             "pending_blocks": int(pending or 0),
             "committed_blocks": int(committed or 0),
+            "confirmed_blocks": int(confirmed or 0),
+            "unconfirmed_blocks": int(committed or 0) - int(confirmed or 0),
             "committed_bits": int(committed_bits),
             "unallocated_bits": int(avail_bits),
+            "unconfirmed_bits": int(unconf_bits),
             "delivered_keys": int(kcount.get("delivered", 0)),
             "delivered_bits": int(kstats.get("delivered", 0)),
             "reserved_keys": int(kcount.get("reserved", 0)),
