@@ -27,6 +27,7 @@ file's start. A state made with another pre-shared key is refused at open.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import sqlite3
@@ -125,7 +126,8 @@ class AuthState:
         # bias 2^-61, far below the tag's own eps)
         self.hash_keys = {d: _field_value(bits[k * FIELD_BITS:(k + 1) * FIELD_BITS]) % P61
                           for k, d in enumerate(_DIRS)}
-        self.entries: list[_Entry] = []
+        self.entries: list[_Entry] = []  # in ord order (appended in insertion order)
+        self._ords: list[int] = []
         self.by_key: dict[bytes, _Entry] = {}
         for ord_, id_, a2b, b2a, na, nb, ok in self._db.execute(
                 "SELECT ord, id, a2b, b2a, n_a2b, n_b2a, send_ok FROM entries ORDER BY ord"):
@@ -139,6 +141,7 @@ class AuthState:
     # ---- entries -------------------------------------------------------------------------------------
     def _add(self, e: _Entry) -> None:
         self.entries.append(e)
+        self._ords.append(e.ord)
         self.by_key[e.key] = e
 
     def _insert(self, entry_id: str, bits: np.ndarray, send_ok: bool) -> _Entry:
@@ -183,8 +186,8 @@ class AuthState:
         """Next unused pad of ``direction``: (entry key, bit offset, pad value in Z_p). Raises KeyPoolExhausted."""
         with self._lock:
             pos = self._send_start(direction)
-            for e in self.entries:
-                if e.ord < pos.ord or not e.send_ok:
+            for e in self.entries[bisect.bisect_left(self._ords, pos.ord):]:
+                if not e.send_ok:
                     continue
                 off = pos.off if e.ord == pos.ord else 0
                 bits = e.bits[direction]
