@@ -1,7 +1,8 @@
 """Error correction, AAU half (Alice): answers Cascade parity requests or sends LDPC syndromes; counts the leak.
 
 Protocol: see ``blocks/reconcile_du.py`` (stage "ec"). Alice's key is the reference and never changes. The AAU
-counts every bit it discloses (Cascade: the parity bits of its replies; LDPC: m - p per syndrome frame) and, on the
+counts every bit it discloses (Cascade: the parity bits of its replies; LDPC: m - p per syndrome frame, plus every
+punctured value revealed in blind mode) and, on the
 DU's ``done``, checks that the DU's count equals its own before handing the block to verify_aau (a mismatch
 aborts the block at both ends). LDPC punctured symbols must be secret random bits: ``ldpc_seed`` unset (default)
 draws them from OS entropy; set it only for reproducible simulations.
@@ -38,12 +39,15 @@ class ReconcileAau(AauHalf):
         self._alice_ldpc = None
         if self.method == "ldpc":
             codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
-            self._alice_ldpc = ldpc.LdpcAlice(codes, seed=self.ldpc_seed, efficiency=self.ldpc_efficiency)
+            self._alice_ldpc = ldpc.LdpcAlice(codes, seed=self.ldpc_seed, efficiency=self.ldpc_efficiency,
+                                              blind_start=self.ldpc_blind_start, blind_step=self.ldpc_blind_step,
+                                              blind_max=self.ldpc_blind_max)
 
     def on_peer(self, blk: KeyBlock, type_: str, msg: dict) -> None:
         st = blk.state
         if type_ == "start" and "leak" not in st:
-            if msg.get("method") != self.method or int(msg.get("n", -1)) != blk.bits.size:
+            if msg.get("method") != self.method or int(msg.get("n", -1)) != blk.bits.size or (
+                    self.method == "ldpc" and msg.get("mode") != self.ldpc_mode):
                 raise ProtocolError(f"start for method {msg.get('method')!r}, n {msg.get('n')} does not match this "
                                     f"block ({self.method}, n {blk.bits.size})")
             q = float(msg["qber_estimate"])
@@ -57,18 +61,37 @@ class ReconcileAau(AauHalf):
                     self._answer(blk, msg["request"])
             else:
                 frames = ldpc_frames(blk.bits, self._alice_ldpc.frame_bits)
-                out = []
+                out, blind = [], []
                 try:
                     for i, fb in enumerate(frames):
-                        sm = self._alice_ldpc.encode(fb, q, frame_id=(blk.num << 16) + i)
+                        if self.ldpc_mode == "blind":
+                            sm, fr = self._alice_ldpc.encode_blind(fb, q, frame_id=(blk.num << 16) + i)
+                            blind.append(fr)
+                        else:
+                            sm = self._alice_ldpc.encode(fb, q, frame_id=(blk.num << 16) + i)
                         st["leak"] += sm.leak_bits
                         out.append(sm.to_bytes())
                 except ValueError as e:
                     self.abort(blk, f"LDPC: {e}")
                     return
+                if blind:
+                    st["blind"] = blind        # the secret punctured values, until the block is done
                 self.send_peer(blk, "syndromes", frames=out)
         elif type_ == "request" and "alice" in st:
             self._answer(blk, msg["request"])
+        elif type_ == "reveal_request" and "blind" in st:
+            idx, frames = msg.get("frames"), st["blind"]
+            if not (isinstance(idx, list) and idx and all(isinstance(i, int) and 0 <= i < len(frames) for i in idx)
+                    and len(set(idx)) == len(idx)):
+                raise ProtocolError("reveal_request: frames must be distinct frame indices of this block")
+            out = []
+            for i in idx:
+                r = frames[i].reveal()
+                if r is None:
+                    raise ProtocolError(f"reveal_request: frame {i} has no punctured value left")
+                st["leak"] += r.leak_bits
+                out.append(r.to_bytes())
+            self.send_peer(blk, "reveals", frames=out)
         elif type_ == "done" and "leak" in st:
             if int(msg.get("leak_bits", -1)) != st["leak"]:
                 self.abort(blk, f"leak accounting disagrees: DU counts {msg.get('leak_bits')} bits, the AAU "
@@ -76,6 +99,7 @@ class ReconcileAau(AauHalf):
                 return
             blk.info["leak_ec"] = st["leak"]
             st.pop("alice", None)
+            st.pop("blind", None)
             self.send_peer(blk, "done_ok")
             self.complete(blk, blk.bits)
         else:

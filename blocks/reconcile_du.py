@@ -6,14 +6,21 @@ Stage "ec". The DU corrects its key towards the AAU's (Alice's key is the refere
     ``reply`` round trips, one message per Cascade round carrying every parity asked in that round (all open
     binary searches batched; ``CascadeBob`` schedule). The per-block permutation seed is public:
     ``cascade_seed = seed * 2^32 + block number``.
-  * ``method: ldpc`` (``qkdflow.distill.ldpc``, Elkouss et al., ITW 2010): ``start`` {method, n, qber_estimate};
-    the AAU answers ``syndromes`` with one syndrome per frame of the block (all frames in one message). The key is
-    zero-padded to whole frames at both ends (public padding: the syndrome leak is charged in full for the last
-    frame, which over-counts, never under-counts). A frame that does not converge aborts the block.
+  * ``method: ldpc`` (``qkdflow.distill.ldpc``): ``start`` {method, n, qber_estimate}; the AAU answers
+    ``syndromes`` with one syndrome per frame of the block (all frames in one message). The key is zero-padded to
+    whole frames at both ends (public padding: the syndrome leak is charged in full for the last frame, which
+    over-counts, never under-counts). All frames are decoded in one batch (``LdpcBob.decode_many``).
+    ``ldpc_mode: oneshot`` (Elkouss et al., ITW 2010): rate from the QBER estimate and ``ldpc_efficiency``; a frame
+    that does not converge aborts the block.
+    ``ldpc_mode: blind`` (Martinez-Mateo, Elkouss, Martin, QIC 12, 791 (2012); ``ldpc.BlindDecoder``): the syndromes
+    start at a high rate (efficiency ``ldpc_blind_start``); after each decoding round the DU sends ``reveal_request``
+    {frames: indices of the frames that failed} and the AAU answers ``reveals`` {frames: one ``RevealMessage`` per
+    requested frame, the values of its next punctured symbols}; one message each way per round for the whole
+    block. A failing frame with nothing left to reveal aborts the block.
   * Then ``done`` {leak_bits, errors_corrected}; the AAU compares the leak with the parity/syndrome bits it
     disclosed itself and answers ``done_ok`` (or aborts). Only then does the block move on.
 Leak = exactly the bits disclosed: Cascade reply parity bits (``CascadeBob.leak_bits``); LDPC sum of (m - p) per
-frame (``SyndromeMessage.leak_bits``). Key-basis QBER after correction = corrected errors / n (reported).
+frame (``SyndromeMessage.leak_bits``), in blind mode m - p0 + revealed values per frame. Key-basis QBER after correction = corrected errors / n (reported).
 Abort notices from estimate_du are relayed to reconcile_aau, which holds the AAU's copy of that block.
 Ports: sync in/out; key in (estimate_du), key out (verify_du); peer in/out (reconcile_aau).
 """
@@ -34,9 +41,19 @@ METHOD_PARAMS = (
           choices=tuple(sorted(cascade.VARIANTS))),
     Param("ldpc_code_bits", int, 10_000, unit="bits", doc="LDPC mother-code length n", low=256, high=4_000_000),
     Param("ldpc_code_seed", int, 1, doc="seed of the LDPC code construction (both ends)", low=0),
-    Param("ldpc_efficiency", float, 1.1, doc="target reconciliation efficiency f (code rate choice)", low=1.0),
+    Param("ldpc_efficiency", float, 1.1, doc="one-shot LDPC: target reconciliation efficiency f (code rate choice)",
+          low=1.0),
+    Param("ldpc_mode", str, "blind", doc="LDPC rate: blind (adapted by reveal rounds) or oneshot (from the estimate)",
+          choices=("blind", "oneshot")),
+    Param("ldpc_blind_start", float, ldpc.DEFAULT_BLIND_START, doc="blind LDPC: efficiency f of the first attempt",
+          low=0.5, high=2.0),
+    Param("ldpc_blind_step", float, ldpc.DEFAULT_BLIND_STEP, doc="blind LDPC: efficiency added per reveal round",
+          low=0.001, high=1.0),
+    Param("ldpc_blind_max", float, ldpc.DEFAULT_BLIND_MAX,
+          doc="blind LDPC: mother code = highest rate reaching this f when all is revealed", low=1.0, high=3.0),
 )
-METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed", "ldpc_efficiency")
+METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed", "ldpc_efficiency", "ldpc_mode",
+                 "ldpc_blind_start", "ldpc_blind_step", "ldpc_blind_max")
 
 
 def ldpc_frames(bits: np.ndarray, frame_bits: int) -> np.ndarray:
@@ -54,7 +71,10 @@ class ReconcileDu(DuHalf):
     config_fields = METHOD_FIELDS
     params = METHOD_PARAMS + (
         Param("seed", int, 0, doc="public seed of Cascade's shuffles (mixed with the block number)", low=0),
-        Param("ldpc_max_iterations", int, 200, doc="belief-propagation iterations per frame", low=1),
+        Param("ldpc_max_iterations", int, 200, doc="belief-propagation iterations per frame (last blind attempt)",
+              low=1),
+        Param("ldpc_round_iterations", int, ldpc.DEFAULT_ROUND_ITERATIONS,
+              doc="blind LDPC: iterations per attempt while values are left to reveal", low=1),
     )
     inputs = sync_ports_in() + (Message("key", kind="distill.key", optional=False, doc="from estimate_du"),
                                 Message("peer", kind="distill.ec", optional=False, doc="from reconcile_aau"))
@@ -89,7 +109,7 @@ class ReconcileDu(DuHalf):
             if req is None:
                 self._done_ec(blk, bob.corrected_key.copy(), bob.leak_bits)
         else:
-            self.send_peer(blk, "start", method="ldpc", n=int(blk.bits.size), qber_estimate=q)
+            self.send_peer(blk, "start", method="ldpc", mode=self.ldpc_mode, n=int(blk.bits.size), qber_estimate=q)
 
     def on_peer(self, blk: KeyBlock, type_: str, msg: dict) -> None:
         if type_ == "reply" and self.method == "cascade" and "corrected" not in blk.state:
@@ -103,30 +123,70 @@ class ReconcileDu(DuHalf):
                 self.send_peer(blk, "request", request=req.to_bytes())
             else:
                 self._done_ec(blk, bob.corrected_key.copy(), bob.leak_bits)
-        elif type_ == "syndromes" and self.method == "ldpc" and "corrected" not in blk.state:
+        elif type_ == "syndromes" and self.method == "ldpc" and "corrected" not in blk.state \
+                and "blind" not in blk.state:
             raw = msg.get("frames")
             frames = ldpc_frames(blk.bits, self._ldpc_frame_bits)
             if not isinstance(raw, list) or len(raw) != frames.shape[0]:
                 raise ProtocolError(f"expected {frames.shape[0]} LDPC syndromes")
-            out, leak = [], 0
-            for i, (fb, r) in enumerate(zip(frames, raw)):
+            try:
+                sms = [ldpc.SyndromeMessage.from_bytes(r) for r in raw]
+            except ValueError as e:
+                raise ProtocolError(f"LDPC syndrome: {e}") from None
+            if any(sm.blind != (self.ldpc_mode == "blind") for sm in sms):
+                raise ProtocolError(f"LDPC syndromes are not all {self.ldpc_mode} frames")
+            if self.ldpc_mode == "blind":
                 try:
-                    sm = ldpc.SyndromeMessage.from_bytes(r)
-                    res = self._bob_ldpc.decode(fb, sm)
+                    blk.state["blind"] = ldpc.BlindDecoder(self._bob_ldpc, list(frames), sms,
+                                                           self.ldpc_round_iterations)
                 except ValueError as e:
-                    raise ProtocolError(f"LDPC syndrome {i}: {e}") from None
-                leak += res.leak_bits
-                if not res.converged:
-                    self.abort(blk, f"LDPC frame {i + 1} of {len(raw)} did not converge "
-                                    f"(QBER estimate {100 * blk.state['q']:.2f} %)")
-                    return
-                out.append(res.corrected)
-            corrected = np.concatenate(out)[:blk.bits.size].astype(np.uint8)
-            self._done_ec(blk, corrected, leak)
+                    raise ProtocolError(f"LDPC syndromes: {e}") from None
+                self._blind_round(blk)
+                return
+            try:
+                results = self._bob_ldpc.decode_many(list(frames), sms)
+            except ValueError as e:
+                raise ProtocolError(f"LDPC syndromes: {e}") from None
+            bad = [i for i, r in enumerate(results) if not r.converged]
+            if bad:
+                self.abort(blk, f"LDPC frame {bad[0] + 1} of {len(raw)} did not converge "
+                                f"(QBER estimate {100 * blk.state['q']:.2f} %)")
+                return
+            corrected = np.concatenate([r.corrected for r in results])[:blk.bits.size].astype(np.uint8)
+            self._done_ec(blk, corrected, sum(r.leak_bits for r in results))
+        elif type_ == "reveals" and "blind" in blk.state and "corrected" not in blk.state:
+            dec = blk.state["blind"]
+            raw = msg.get("frames")
+            if not isinstance(raw, list) or len(raw) != len(dec.pending):
+                raise ProtocolError(f"expected {len(dec.pending)} LDPC reveals")
+            try:
+                dec.add_reveals([ldpc.RevealMessage.from_bytes(r) for r in raw])
+            except ValueError as e:
+                raise ProtocolError(f"LDPC reveal: {e}") from None
+            self._blind_round(blk)
         elif type_ == "done_ok" and "corrected" in blk.state:
             self.complete(blk, blk.state["corrected"])
         else:
             raise ProtocolError(f"unexpected {type_!r} in stage ec")
+
+    def _blind_round(self, blk: KeyBlock) -> None:
+        """Decode every frame still failing; finish, ask the AAU for more values, or abort."""
+        dec = blk.state["blind"]
+        failing = dec.decode()
+        if dec.failed:
+            self.abort(blk, f"LDPC frame {dec.failed[0] + 1} of {len(dec.msgs)} did not converge with every "
+                            f"punctured value revealed (QBER estimate {100 * blk.state['q']:.2f} %)")
+            return
+        if not failing:
+            corrected = np.concatenate([r.corrected for r in dec.results])[:blk.bits.size].astype(np.uint8)
+            blk.info.update(ldpc_rounds=dec.rounds, ldpc_attempts=dec.attempts, ldpc_iterations=dec.iterations,
+                            ldpc_revealed_bits=sum(dec.revealed))
+            self._done_ec(blk, corrected, dec.leak_bits)
+            return
+        self.send_peer(blk, "reveal_request", frames=[int(i) for i in failing])
+
+    def on_abort(self, blk: KeyBlock) -> None:
+        blk.state.pop("blind", None)
 
     def _done_ec(self, blk: KeyBlock, corrected: np.ndarray, leak: int) -> None:
         errors = int(np.count_nonzero(corrected != blk.bits))
@@ -134,6 +194,7 @@ class ReconcileDu(DuHalf):
         q_key = errors / n
         blk.state["corrected"] = corrected
         blk.state.pop("bob", None)
+        blk.state.pop("blind", None)
         h = binary_entropy(q_key)
         blk.info.update(leak_ec=int(leak), errors_corrected=errors, qber_key=q_key, ec_method=self.method,
                         ec_efficiency=(leak / (n * h)) if h > 0 else None)

@@ -293,3 +293,49 @@ def test_pa_aborts_when_the_aau_counts_a_different_leak():
     pair.run()
     assert not pair.keys("aau") and not pair.keys("du")
     assert "leak" in pair.aborts("du")[0]["reason"]
+
+
+# ---- LDPC error correction (in-process halves) -------------------------------------------------------------
+def _ldpc_ec(mode, n=30_000, q=0.03, **extra):
+    kw = dict(method="ldpc", ldpc_code_bits=4096, ldpc_mode=mode, **extra)
+    pair, a, b = _ec_pair(n=n, q=q, seed=7, aau=dict(kw, ldpc_seed=3), du=dict(kw))
+    pair.aau.handle("key", key_msg(1, a, {"num": 1}))
+    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": q}))
+    pair.run()
+    return pair, a, b
+
+
+def test_ldpc_blind_block_corrects_with_reveal_rounds_and_exact_leak():
+    from qkdflow.distill import ldpc
+
+    pair, a, b = _ldpc_ec("blind")
+    ka, kd = pair.keys("aau"), pair.keys("du")
+    assert len(ka) == len(kd) == 1, pair.aborts("du")
+    np.testing.assert_array_equal(unpack_bits(kd[0]["bits"], kd[0]["n_bits"]), a)
+    types = [m["type"] for side, m in pair.wire if side == "du"]
+    rounds = types.count("reveal_request")
+    assert rounds >= 1 and rounds + 1 == kd[0]["info"]["ldpc_rounds"]      # one message per round, whole block
+    # leak = sum over frames of (m - p0) + every revealed value, counted from the bytes on the wire
+    syn = next(m for side, m in pair.wire if side == "aau" and m["type"] == "syndromes")
+    sms = [ldpc.SyndromeMessage.from_bytes(r) for r in syn["frames"]]
+    revealed = sum(ldpc.RevealMessage.from_bytes(r).count
+                   for side, m in pair.wire if side == "aau" and m["type"] == "reveals" for r in m["frames"])
+    assert all(sm.blind for sm in sms) and revealed > 0
+    expect = sum(sm.m - sm.punctured for sm in sms) + revealed
+    assert ka[0]["info"]["leak_ec"] == kd[0]["info"]["leak_ec"] == expect
+    assert kd[0]["info"]["ldpc_revealed_bits"] == revealed
+    assert kd[0]["info"]["errors_corrected"] == int((a != b).sum())
+
+
+def test_ldpc_oneshot_block_still_selectable():
+    pair, a, _ = _ldpc_ec("oneshot", ldpc_efficiency=1.5)
+    kd = pair.keys("du")
+    assert len(kd) == 1 and len(pair.keys("aau")) == 1
+    np.testing.assert_array_equal(unpack_bits(kd[0]["bits"], kd[0]["n_bits"]), a)
+    assert not any(m["type"] in ("reveal_request", "reveals") for _, m in pair.wire)
+
+
+def test_ldpc_mode_mismatch_fails_naming_both_values():
+    with pytest.raises(BlockError, match=r"ldpc_mode is 'oneshot' at the DU but 'blind' at the AAU"):
+        Pair(ReconcileAau("ea", method="ldpc", ldpc_code_bits=256),
+             ReconcileDu("ed", method="ldpc", ldpc_code_bits=256, ldpc_mode="oneshot"))

@@ -416,3 +416,178 @@ def test_fallback_without_c_extension_decodes(tmp_path):
     out = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+# ------------------------------------------------------------------------------------------- blind mode
+from qkdflow.distill.ldpc import (  # noqa: E402
+    BlindDecoder,
+    RevealMessage,
+    plan_blind,
+    reconcile_blind,
+)
+
+
+def _blind_batch(pool, q, frames, seed, **kw):
+    rng = np.random.default_rng(seed)
+    alice = LdpcAlice(pool, seed=seed, **kw)
+    a = rng.integers(0, 2, (frames, alice.frame_bits), dtype=np.uint8)
+    b = a ^ (rng.random(a.shape) < q).astype(np.uint8)
+    sent = [alice.encode_blind(a[i], q, frame_id=100 + i) for i in range(frames)]
+    msgs = [SyndromeMessage.from_bytes(m.to_bytes()) for m, _ in sent]
+    return alice, a, b, msgs, [f for _, f in sent]
+
+
+def test_plan_blind_picks_highest_rate_code_reaching_max_and_starts_at_start_efficiency(pool):
+    q = 0.05
+    h = binary_entropy(q)
+    code, p0, s0, step = plan_blind(pool, q, start=1.0, step=0.02, max_efficiency=1.15)
+    d = round(0.1 * N)
+    k = N - d
+    assert p0 + s0 == d and 0 < p0 <= min(d, code.puncture_order.size)
+    assert code.m >= 1.15 * k * h
+    assert all(c.m < 1.15 * k * h for c in pool if c.m < code.m)          # no higher-rate code qualifies
+    assert (code.m - p0) / (k * h) == pytest.approx(1.0, abs=1.0 / (k * h)) or p0 == min(d, code.puncture_order.size)
+    assert step == math.ceil(0.02 * k * h)
+
+
+def test_blind_converges_where_oneshot_at_the_starting_rate_fails(pool):
+    q = 0.05
+    alice, a, b, msgs, frames = _blind_batch(pool, q, 6, seed=21, blind_start=1.0, blind_step=0.03)
+    bob = LdpcBob(pool, max_iterations=200)
+    # the same syndromes decoded one-shot (no reveals, full iteration budget, cold): rate too high, all fail
+    cold = bob.decode_many(list(b), msgs)
+    assert not any(r.converged for r in cold)
+    dec = BlindDecoder(bob, list(b), msgs, round_iterations=30)
+    failing = dec.decode()
+    assert failing == list(range(6))
+    while failing:
+        assert not any(dec.exhausted(i) for i in failing)
+        dec.add_reveals([RevealMessage.from_bytes(frames[i].reveal().to_bytes()) for i in failing])
+        failing = dec.decode()
+    assert dec.rounds >= 2
+    for i, r in enumerate(dec.results):
+        assert r.converged and np.array_equal(r.corrected, a[i])
+    # exact leak: m - p0 + revealed per frame, equal at both ends and in the per-frame results
+    assert dec.leak_bits == sum(m.m - m.punctured + t for m, t in zip(msgs, dec.revealed))
+    assert dec.leak_bits == sum(f.leak_bits for f in frames)
+    assert [r.leak_bits for r in dec.results] == [f.leak_bits for f in frames]
+    assert [f.revealed for f in frames] == dec.revealed
+    assert all(r.syndrome_bits - r.punctured == r.leak_bits for r in dec.results)
+    f_eff = dec.leak_bits / (6 * alice.frame_bits * binary_entropy(q))
+    assert 1.0 < f_eff < 1.0 + 0.03 * dec.rounds + 0.01
+
+
+def test_blind_reveal_values_are_alices_punctured_bits(pool):
+    alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=22)
+    code = next(c for c in pool if c.fingerprint == msgs[0].code_fingerprint)
+    p0 = msgs[0].punctured
+    r1, r2 = frames[0].reveal(), frames[0].reveal()
+    assert (r1.revealed_before, r2.revealed_before) == (0, r1.count) and r1.count == msgs[0].reveal_step
+    # Bob decoding with Alice's exact key and every value revealed gets her word back at iteration 0
+    while frames[0].reveal() is not None:
+        pass
+    assert frames[0].exhausted and frames[0].leak_bits == code.m
+    rest = []
+    fr2 = LdpcAlice(pool, seed=22).encode_blind(a[0], 0.03, frame_id=100)[1]   # same secret values
+    while (r := fr2.reveal()) is not None:
+        rest.append(r)
+    res = LdpcBob(pool).decode(a[0], msgs[0], rest)
+    assert res.converged and res.iterations == 0 and np.array_equal(res.corrected, a[0])
+    assert res.leak_bits == code.m and res.punctured == 0 and res.shortened == round(0.1 * N)
+    assert p0 > 0
+
+
+def test_blind_reveal_validation(pool):
+    _, a, b, msgs, frames = _blind_batch(pool, 0.03, 2, seed=23)
+    bob = LdpcBob(pool)
+    r0 = frames[0].reveal()
+    r0b = frames[0].reveal()
+    with pytest.raises(ValueError, match="starts after"):
+        bob.decode(b[0], msgs[0], [r0b])                         # skips the first chunk
+    with pytest.raises(ValueError, match="expected frame"):
+        bob.decode(b[1], msgs[1], [r0])                          # another frame's values
+    dec = BlindDecoder(bob, list(b), msgs)
+    dec.decode()
+    with pytest.raises(ValueError, match="do not follow"):
+        dec.add_reveals([r0b])
+    oneshot = LdpcAlice(pool, seed=1).encode(a[0], 0.03, frame_id=100)
+    with pytest.raises(ValueError, match="one-shot"):
+        bob.decode(b[0], oneshot, [r0])
+    with pytest.raises(ValueError, match="blind"):
+        BlindDecoder(bob, [b[0]], [oneshot])
+
+
+def test_reconcile_blind_long_key_and_tail(tmp_path, monkeypatch):
+    monkeypatch.setenv("QKDFLOW_CACHE_DIR", str(tmp_path))
+    n = 2048
+    frame = n - round(0.1 * n)
+    rng = np.random.default_rng(24)
+    a, b = _frame(rng, 4 * frame + 7, 0.04)
+    res = reconcile_blind(a, b, 0.04, n, seed=1, blind_max=1.6)
+    assert res.all_converged and res.unreconciled_tail_bits == 7
+    assert np.array_equal(res.corrected, a[:4 * frame])
+    assert res.leak_bits == sum(r.leak_bits for r in res.frames)
+    assert res.attempts >= 4 and res.rounds >= 1 and res.iterations >= res.attempts - 4
+
+
+@needs_c
+@pytest.mark.parametrize("frames", [8, 2])         # 8: the AVX-512 kernel (where present), 2: the scalar tail
+def test_warm_start_resumes_from_saved_messages(frames):
+    code = build_code(N, 0.6, 25)
+    rng = np.random.default_rng(25)
+    x, llr, syn = _channel(code, rng, 0.06, frames)
+    _, ok_cold, it_cold = decode_syndromes(code, llr, syn, 200)
+    assert ok_cold.all()
+    state = np.zeros((frames, code.n_edges), np.float32)
+    _, ok1, it1 = decode_syndromes(code, llr, syn, 6, state=state, warm=False)
+    assert not ok1.any() and (it1 == 6).all() and np.abs(state).max() > 0
+    w2, ok2, it2 = decode_syndromes(code, llr, syn, 200, state=state, warm=True)
+    assert ok2.all() and np.array_equal(w2, x)
+    assert (it2 <= it_cold - 3).all()                 # progress kept: resumed, not restarted
+    with pytest.raises(ValueError, match="state"):
+        decode_syndromes(code, llr, syn, 5, state=np.zeros((frames, 3), np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 400), before=st.integers(0, 2**32 - 1), fid=st.integers(0, 2**64 - 1), data=st.data())
+def test_reveal_message_round_trip(count, before, fid, data):
+    vals = np.array(data.draw(st.lists(st.integers(0, 1), min_size=count, max_size=count)), dtype=np.uint8)
+    msg = RevealMessage(b"abcdefgh", fid, before, vals)
+    raw = msg.to_bytes()
+    assert len(raw) == 4 + 1 + 8 + 8 + 4 + 4 + (count + 7) // 8          # exact size: header + packed values
+    back = RevealMessage.from_bytes(raw)
+    assert (back.code_fingerprint, back.frame_id, back.revealed_before, back.count, back.leak_bits) == \
+        (b"abcdefgh", fid, before, count, count)
+    assert np.array_equal(back.values, vals)
+    for bad in (raw[:-1], raw + b"\x00", raw[:12], b"QLDP" + raw[4:], raw[:4] + b"\x09" + raw[5:]):
+        with pytest.raises(ValueError):
+            RevealMessage.from_bytes(bad)
+    if count % 8:
+        padded = bytearray(raw)
+        padded[-1] |= 1
+        with pytest.raises(ValueError, match="padding"):
+            RevealMessage.from_bytes(bytes(padded))
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 200), extra=st.integers(1, 300), p=st.integers(0, 40), s=st.integers(0, 40),
+       step=st.integers(1, 2**32 - 1), data=st.data())
+def test_blind_syndrome_message_round_trip(m, extra, p, s, step, data):
+    bits = np.array(data.draw(st.lists(st.integers(0, 1), min_size=m, max_size=m)), dtype=np.uint8)
+    msg = SyndromeMessage(b"abcdefgh", 5, m + extra + p + s, m, p, s, 0.03, bits, reveal_step=step)
+    raw = msg.to_bytes()
+    assert raw[4] == 2 and len(raw) == SyndromeMessage(b"abcdefgh", 5, m + extra + p + s, m, p, s, 0.03,
+                                                       bits).to_bytes().__len__() + 4
+    back = SyndromeMessage.from_bytes(raw)
+    assert back.blind and back.reveal_step == step and back.punctured == p and back.shortened == s
+    assert np.array_equal(back.syndrome, bits) and back.leak_bits == m - p
+    with pytest.raises(ValueError):
+        SyndromeMessage.from_bytes(raw[:-1])
+    zero = bytearray(raw)
+    zero[_hdr_size():_hdr_size() + 4] = b"\x00\x00\x00\x00"
+    with pytest.raises(ValueError, match="reveal_step"):
+        SyndromeMessage.from_bytes(bytes(zero))
+
+
+def _hdr_size() -> int:
+    return ldpc._HEADER.size

@@ -11,7 +11,15 @@ upper bound (0 failures in N frames -> 1 - 0.05^(1/N) ~ 3/N).
 Throughput = key bits / decode wall time, all frames of the point decoded in one call (includes LLR setup).
 Baseline in the same command: Alice's encode (syndrome) throughput.
 
-Example:  python tools/bench_ldpc.py --frames 32 --n 10000 100000
+--mode blind (Martinez-Mateo et al. 2012, ``ldpc.BlindDecoder``): all frames of a point are one batch (as a key
+block in reconcile_du); the first attempt at f = --blind-start, then rounds of reveals of --blind-step in f for
+the frames that failed. f = mean over frames of (m - p0 + revealed) / (key_bits h(QBER)) (exact leak), "fmax" its
+largest frame; FER counts frames that failed with every value revealed or converged to a wrong word (the others go on); "att" decoding attempts per
+frame, "rounds" rounds of the batch (= Alice->Bob messages), "iter" BP iterations per frame summed over attempts;
+throughput = key bits / wall time of every decoding attempt of every round (LLR setup included, messages not).
+The QBER estimate given to Alice is the channel's QBER in both modes. --mode both prints one-shot then blind.
+
+Example:  python tools/bench_ldpc.py --frames 32 --n 10000 100000 --mode both
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ from scipy.stats import beta  # noqa: E402
 
 from qkdflow.distill import ldpc  # noqa: E402
 from qkdflow.distill.ldpc import (  # noqa: E402
+    BlindDecoder,
     LdpcAlice,
     LdpcBob,
+    RevealMessage,
     SyndromeMessage,
     binary_entropy,
     load_or_build_codes,
@@ -44,6 +54,37 @@ def fer_upper95(fails: int, frames: int) -> float:
     return 1.0 if fails >= frames else float(beta.ppf(0.95, fails + 1, frames - fails))
 
 
+def run_oneshot(args, alice, bob, a, b, q):
+    """One syndrome per frame at the rate for target f; one decode_many call for all frames."""
+    msgs = [SyndromeMessage.from_bytes(alice.encode(a[i], q, frame_id=i).to_bytes()) for i in range(a.shape[0])]
+    t = time.perf_counter()
+    if args.single and ldpc._cldpc is not None and not args.numpy:
+        res = [bob.decode(b[i], msgs[i]) for i in range(a.shape[0])]
+    else:
+        res = bob.decode_many(list(b), msgs)
+    dec_s = time.perf_counter() - t
+    iters = sum(r.iterations for r in res)
+    return res, [r.leak_bits for r in res], 1 - msgs[0].m / msgs[0].n, len(res), 1, iters, dec_s
+
+
+def run_blind(args, alice, bob, a, b, q):
+    """Blind rounds over the whole batch, every message through its byte codec; times the decode calls."""
+    sent = [alice.encode_blind(a[i], q, frame_id=i) for i in range(a.shape[0])]
+    msgs = [SyndromeMessage.from_bytes(m.to_bytes()) for m, _ in sent]
+    dec = BlindDecoder(bob, list(b), msgs, args.round_iterations, warm_start=not args.cold)
+    dec_s = 0.0
+    while True:
+        t = time.perf_counter()
+        failing = dec.decode()
+        dec_s += time.perf_counter() - t
+        if not failing:           # frames that failed with everything revealed are lost (counted in FER)
+            break
+        dec.add_reveals([RevealMessage.from_bytes(sent[i][1].reveal().to_bytes()) for i in failing])
+    leaks = [m.leak_bits + t for m, t in zip(msgs, dec.revealed)]
+    assert leaks == [fr.leak_bits for _, fr in sent]
+    return dec.results, leaks, 1 - msgs[0].m / msgs[0].n, dec.attempts, dec.rounds, dec.iterations, dec_s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=16, help="frames per (n, QBER) point")
@@ -55,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--numpy", action="store_true", help="force the numpy decoder")
     ap.add_argument("--single", action="store_true", help="C: scalar frame-by-frame kernel (no SIMD batch)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--mode", choices=("oneshot", "blind", "both"), default="both")
+    ap.add_argument("--blind-start", type=float, default=ldpc.DEFAULT_BLIND_START)
+    ap.add_argument("--blind-step", type=float, default=ldpc.DEFAULT_BLIND_STEP)
+    ap.add_argument("--blind-max", type=float, default=ldpc.DEFAULT_BLIND_MAX)
+    ap.add_argument("--round-iterations", type=int, default=ldpc.DEFAULT_ROUND_ITERATIONS)
+    ap.add_argument("--cold", action="store_true", help="blind: restart every attempt from the channel LLRs")
     args = ap.parse_args(argv)
     if args.frames < 1:
         ap.error("--frames must be >= 1")
@@ -65,42 +112,38 @@ def main(argv: list[str] | None = None) -> int:
         path = "C layered, " + ("16-frame AVX-512 batches" if simd else "scalar frame by frame")
     else:
         path = f"{ldpc.DECODER} (C extension not built or QKDFLOW_NO_CEXT=1)"
-    print(f"decoder: {path}; sum-product, max {args.max_iterations} iterations, target f = {args.efficiency}")
-    print(f"{'n':>8} {'QBER':>6} {'R0':>5} {'p':>6} {'s':>6} {'f':>6} {'fails':>9} {'FER95':>8} {'iter':>6} "
-          f"{'imax':>5} {'dec Mb/s':>9} {'enc Mb/s':>9}")
+    print(f"decoder: {path}; sum-product, max {args.max_iterations} iterations; one-shot target f = "
+          f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
+          f"{args.round_iterations} iterations per attempt, {'cold' if args.cold else 'warm'} restarts")
+    print(f"{'mode':>7} {'n':>8} {'QBER':>6} {'R0':>5} {'f':>6} {'fmax':>6} {'fails':>9} {'FER95':>7} {'att':>5} "
+          f"{'rounds':>6} {'iter':>6} {'dec Mb/s':>9}")
     rng = np.random.default_rng(args.seed)
+    modes = ("oneshot", "blind") if args.mode == "both" else (args.mode,)
     for n in args.n:
         t0 = time.perf_counter()
         codes = load_or_build_codes(n, args.seed)
         print(f"# n={n}: code pool ready in {time.perf_counter() - t0:.1f} s (cache or build)", flush=True)
-        alice = LdpcAlice(codes, seed=args.seed + 1, efficiency=args.efficiency, delta=args.delta)
+        alice = LdpcAlice(codes, seed=args.seed + 1, efficiency=args.efficiency, delta=args.delta,
+                          blind_start=args.blind_start, blind_step=args.blind_step, blind_max=args.blind_max)
         bob = LdpcBob(codes, max_iterations=args.max_iterations, use_numba=False if args.numpy else None)
         for q in args.qber:
-            try:
-                probe = alice.encode(np.zeros(alice.frame_bits, np.uint8), q)
-            except ValueError as exc:
-                print(f"{n:>8} {q:>6.3f}  skipped: {exc}")
-                continue
             a = rng.integers(0, 2, (args.frames, alice.frame_bits), dtype=np.uint8)
             b = a ^ (rng.random(a.shape) < q).astype(np.uint8)
-            t = time.perf_counter()
-            msgs = [SyndromeMessage.from_bytes(alice.encode(a[i], q, frame_id=i).to_bytes())
-                    for i in range(args.frames)]
-            enc_s = time.perf_counter() - t
-            t = time.perf_counter()
-            if args.single and ldpc._cldpc is not None and not args.numpy:
-                res = [bob.decode(b[i], msgs[i]) for i in range(args.frames)]
-            else:
-                res = bob.decode_many(list(b), msgs)
-            dec_s = time.perf_counter() - t
-            fails = sum(not (r.converged and np.array_equal(r.corrected, a[i])) for i, r in enumerate(res))
-            iters = [r.iterations for r in res]
-            f = probe.leak_bits / (probe.key_bits * binary_entropy(q))
             bits = args.frames * alice.frame_bits
-            r0 = 1 - probe.m / probe.n
-            print(f"{n:>8} {q:>6.3f} {r0:>5.2f} {probe.punctured:>6} {probe.shortened:>6} {f:>6.3f} "
-                  f"{f'{fails}/{args.frames}':>9} {fer_upper95(fails, args.frames):>8.3f} {np.mean(iters):>6.1f} "
-                  f"{max(iters):>5} {bits / dec_s / 1e6:>9.3f} {bits / enc_s / 1e6:>9.2f}", flush=True)
+            h = binary_entropy(q)
+            for mode in modes:
+                try:
+                    row = (run_oneshot if mode == "oneshot" else run_blind)(args, alice, bob, a, b, q)
+                except ValueError as exc:
+                    print(f"{mode:>7} {n:>8} {q:>6.3f}  skipped: {exc}", flush=True)
+                    continue
+                res, leaks, r0, attempts, rounds, iters, dec_s = row
+                fails = sum(not (r.converged and np.array_equal(r.corrected, a[i])) for i, r in enumerate(res))
+                f = np.asarray(leaks, float) / (alice.frame_bits * h)
+                print(f"{mode:>7} {n:>8} {q:>6.3f} {r0:>5.2f} {f.mean():>6.3f} {f.max():>6.3f} "
+                      f"{f'{fails}/{args.frames}':>9} {fer_upper95(fails, args.frames):>7.4f} "
+                      f"{attempts / args.frames:>5.2f} {rounds:>6} {iters / args.frames:>6.1f} "
+                      f"{bits / dec_s / 1e6:>9.3f}", flush=True)
     return 0
 
 

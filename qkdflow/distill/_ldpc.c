@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define SCALAR_TAIL 6                     /* multi-frame calls: a last group this small runs frame by frame */
 #define PHI_MANT 10                       /* mantissa bits kept in the table index */
 #define PHI_SHIFT (23 - PHI_MANT)
 #define PHI_XMIN_EXP (-24)                /* table covers [2^-24, 2^6] */
@@ -107,11 +108,23 @@ static inline float with_sign(float mag, uint32_t neg) { return i2f(f2i(mag) ^ (
 /* One frame.  Returns iterations used; *ok = 1 iff the hard decision satisfies the syndrome. */
 static long decode_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                          const uint8_t *syn, long max_iter, uint8_t *word, float *post, float *c2v,
-                         float *tmp, float *phs, int *ok)
+                         float *tmp, float *phs, int *ok, int warm)
 {
     int64_t n_edges = ptr[m];
-    for (int64_t v = 0; v < n; v++) post[v] = (float)llr[v];
-    memset(c2v, 0, (size_t)n_edges * sizeof(float));
+    if (warm) {            /* continue from the check messages of an earlier attempt: post = llr + sum c2v */
+        double *acc = (double *)calloc((size_t)n, sizeof(double));
+        if (acc) {
+            for (int64_t e = 0; e < n_edges; e++) acc[ev[e]] += c2v[e];
+            for (int64_t v = 0; v < n; v++) post[v] = (float)(llr[v] + acc[v]);
+            free(acc);
+        } else {
+            warm = 0;
+        }
+    }
+    if (!warm) {
+        for (int64_t v = 0; v < n; v++) post[v] = (float)llr[v];
+        memset(c2v, 0, (size_t)n_edges * sizeof(float));
+    }
     long it = 0;
     for (;;) {
         int good = 1;
@@ -190,7 +203,7 @@ __attribute__((target("avx512f")))
 static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                            const uint8_t *syn, int64_t f0, int nl, long max_iter, uint8_t *words,
                            int64_t *iters, uint8_t *oks, float *post, float *c2v, float *tmp, float *phs,
-                           int32_t *synT)
+                           int32_t *synT, float *state, int warm)
 {
     const int64_t n_edges = ptr[m];
     for (int64_t v = 0; v < n; v++)
@@ -198,6 +211,16 @@ static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int
     for (int64_t c = 0; c < m; c++)
         for (int l = 0; l < W; l++) synT[c * W + l] = (l < nl && syn[(f0 + l) * m + c]) ? INT32_MIN : 0;
     memset(c2v, 0, (size_t)n_edges * W * sizeof(float));
+    if (state && warm) {   /* warm start: interleave each lane's saved check messages, post += sum c2v */
+        for (int l = 0; l < nl; l++) {
+            const float *sf = state + (f0 + l) * n_edges;
+            for (int64_t e = 0; e < n_edges; e++) c2v[e * W + l] = sf[e];
+        }
+        for (int64_t e = 0; e < n_edges; e++) {
+            float *pv = post + (int64_t)ev[e] * W;
+            _mm512_storeu_ps(pv, _mm512_add_ps(_mm512_loadu_ps(pv), _mm512_loadu_ps(c2v + e * W)));
+        }
+    }
     const __m512 lo = _mm512_set1_ps(ldexpf(1.0f, PHI_XMIN_EXP)), hi = _mm512_set1_ps(ldexpf(1.0f, PHI_XMAX_EXP));
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
     const __m512i signmask = _mm512_set1_epi32(INT32_MIN);
@@ -270,6 +293,10 @@ static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int
             lane_result(post, n, l, words + (f0 + l) * n);
             iters[f0 + l] = it;
             oks[f0 + l] = 0;
+            if (state) {       /* only unconverged frames need their messages for a later attempt */
+                float *sf = state + (f0 + l) * n_edges;
+                for (int64_t e = 0; e < n_edges; e++) sf[e] = c2v[e * W + l];
+            }
         }
 }
 #else
@@ -347,7 +374,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
     long it;
     Py_BEGIN_ALLOW_THREADS
     it = decode_frame(ptr, ev, m, n, (const double *)bl.buf, (const uint8_t *)bs.buf, max_iter,
-                      (uint8_t *)bw.buf, post, c2v, tmp, phs, &ok);
+                      (uint8_t *)bw.buf, post, c2v, tmp, phs, &ok, 0);
     Py_END_ALLOW_THREADS
     res = Py_BuildValue("(lO)", it, ok ? Py_True : Py_False);
 done:
@@ -361,18 +388,26 @@ done:
 static void *alloc64(size_t bytes) { return aligned_alloc(64, ((bytes + 63) / 64) * 64 + 64); }
 
 PyDoc_STRVAR(decode_many_doc,
-"decode_many(check_ptr, edge_var, llr, syndromes, max_iterations, words, iterations, converged, simd)\n\n"
+"decode_many(check_ptr, edge_var, llr, syndromes, max_iterations, words, iterations, converged, simd\n"
+"            [, state, warm])\n\n"
 "F frames of one code: llr float64 (F*n,), syndromes uint8 (F*m,), outputs words uint8 (F*n,),\n"
 "iterations int64 (F,), converged uint8 (F,).  simd: 1 = 16-frame AVX-512 kernel where the CPU has it,\n"
-"0 = frame-by-frame scalar kernel.  Returns the name of the kernel used.");
+"0 = frame-by-frame scalar kernel.  state: optional writable float32 (F*E,) check-to-variable messages;\n"
+"with warm=1 decoding continues from them (a-posteriori LLRs = llr + sum of messages), and the final\n"
+"messages of every frame that did not converge are written back (blind reconciliation's later rounds).\n"
+"Returns the name of the kernel used.");
 
 static PyObject *py_decode_many(PyObject *self, PyObject *args)
 {
     PyObject *o[8];
+    PyObject *o_state = Py_None;
     long max_iter;
-    int simd;
-    if (!PyArg_ParseTuple(args, "OOOOlOOOp", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6], &simd))
+    int simd, warm = 0;
+    if (!PyArg_ParseTuple(args, "OOOOlOOOp|Op", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6], &simd,
+                          &o_state, &warm))
         return NULL;
+    Py_buffer bst;
+    int have_state = 0;
     static const Py_ssize_t isz[7] = {8, 4, 8, 1, 1, 8, 1};
     static const int wr[7] = {0, 0, 0, 0, 1, 1, 1};
     static const char *names[7] = {"check_ptr", "edge_var", "llr", "syndromes", "words", "iterations", "converged"};
@@ -404,6 +439,15 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     const uint8_t *syn = (const uint8_t *)b[3].buf;
     uint8_t *words = (uint8_t *)b[4].buf, *oks = (uint8_t *)b[6].buf;
     int64_t *iters = (int64_t *)b[5].buf;
+    if (o_state != Py_None) {
+        if (get_buf(o_state, &bst, 1, 4, "state") < 0) goto done;
+        have_state = 1;
+        if (bst.len != 4 * F * ptr[m]) {
+            PyErr_SetString(PyExc_ValueError, "decode_many: state must hold F * n_edges float32 messages");
+            goto done;
+        }
+    }
+    float *state = have_state ? (float *)bst.buf : NULL;
     int vec = simd && use_simd();
     size_t lanes = vec ? 16 : 1;
     post = (float *)alloc64((size_t)n * lanes * sizeof(float));
@@ -414,17 +458,23 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     if (!post || !c2v || !tmp || !phs || (vec && !synT)) { PyErr_NoMemory(); goto done; }
     Py_BEGIN_ALLOW_THREADS
 #if LDPC_HAVE_AVX512
+    int64_t f_scalar = 0;        /* frames from here on go to the scalar kernel */
     if (vec) {
-        for (int64_t f0 = 0; f0 < F; f0 += 16)
+        /* A 16-lane pass costs about 6 single-frame passes (measured, n = 1e5): a last group of <= 6 frames
+         * (e.g. the few frames still failing in a blind-reconciliation round) runs faster frame by frame. */
+        int64_t full = F / 16 * 16, rest = F - full;
+        f_scalar = rest <= SCALAR_TAIL ? full : F;
+        for (int64_t f0 = 0; f0 < f_scalar; f0 += 16)
             decode_group16(ptr, ev, m, n, llr, syn, f0, (int)(F - f0 < 16 ? F - f0 : 16), max_iter, words,
-                           iters, oks, post, c2v, tmp, phs, synT);
-    } else
+                           iters, oks, post, c2v, tmp, phs, synT, state, warm);
+    }
 #endif
     {
-        for (int64_t f = 0; f < F; f++) {
+        for (int64_t f = f_scalar; f < F; f++) {
             int ok = 0;
-            iters[f] = decode_frame(ptr, ev, m, n, llr + f * n, syn + f * m, max_iter, words + f * n, post, c2v,
-                                    tmp, phs, &ok);
+            float *msgs = state ? state + f * ptr[m] : c2v;   /* the frame's own saved messages, in place */
+            iters[f] = decode_frame(ptr, ev, m, n, llr + f * n, syn + f * m, max_iter, words + f * n, post, msgs,
+                                    tmp, phs, &ok, state ? warm : 0);
             oks[f] = (uint8_t)ok;
         }
     }
@@ -432,6 +482,7 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     res = PyUnicode_FromString(vec ? "avx512x16" : "scalar");
 done:
     free(post); free(c2v); free(tmp); free(phs); free(synT);
+    if (have_state) PyBuffer_Release(&bst);
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return res;
 }

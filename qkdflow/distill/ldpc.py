@@ -24,6 +24,18 @@ leak is m - p_0 + t = m - (punctured values still secret). That is the quantity 
 protocol reveals none (t = 0).
 The punctured values must come from a secret RNG: pass ``seed=None`` to ``LdpcAlice`` outside simulations.
 
+Blind mode (J. Martinez-Mateo, D. Elkouss, V. Martin, "Blind reconciliation", Quantum Inf. Comput. 12, 791
+(2012), Sec. 3): the rate is not fixed from the QBER estimate but adapted to the frame's actual errors.
+Alice's first message is a syndrome at a high rate: p0 of the d modulated symbols punctured (all d in the
+paper; here as many as bring the efficiency down to ``blind_start``, since attempts far below f = 1 cannot
+succeed and only cost decoder time), s0 = d - p0 shortened. Each time Bob's decoder fails, Alice reveals the
+values of the next ``reveal_step`` punctured symbols (the last ones in the puncturing order, so the symbols
+still punctured are always a prefix of the untainted order), which become shortened, and Bob decodes again,
+until no punctured symbol is left. Leak, exactly: ``m - p0 + t`` with t the values revealed so far, i.e. m
+minus the punctured values that are still secret (the bound above with rank(H_P') = p0 - t). The mother code
+is the highest-rate code of the pool whose fully shortened efficiency m/((n-d) h(q)) reaches ``blind_max``.
+Bob resumes every later attempt from the previous attempt's messages (``decode_syndromes(state=...)``).
+
 Decoder
 -------
 Sum-product BP in the log domain, check update in Gallager's phi-function form (phi(x) = -ln tanh(x/2);
@@ -71,6 +83,11 @@ __all__ = [
     "LdpcResult",
     "LdpcAlice",
     "LdpcBob",
+    "RevealMessage",
+    "BlindAliceFrame",
+    "BlindDecoder",
+    "plan_blind",
+    "reconcile_blind",
     "ReconcileResult",
     "binary_entropy",
     "load_or_build_code",
@@ -87,6 +104,15 @@ __all__ = [
 DEFAULT_DELTA = 0.1
 DEFAULT_EFFICIENCY = 1.10
 DEFAULT_MAX_ITERATIONS = 200
+# Blind mode defaults (tuned with tools/bench_ldpc.py --mode blind at n = 1e5): first attempt at f = 1.0, a step
+# of 0.02 in f per round, the mother code the highest-rate one able to reach f = 1.15 with every modulated symbol
+# shortened (1.22 / 1.3 chose more heavily punctured lower-rate codes: f 0.01-0.03 worse at 2-5 % QBER); 30
+# layered iterations per attempt while more values can be revealed (60: f ~0.01 lower, half the throughput), the
+# last attempt gets max_iterations.
+DEFAULT_BLIND_START = 1.0
+DEFAULT_BLIND_STEP = 0.02
+DEFAULT_BLIND_MAX = 1.15
+DEFAULT_ROUND_ITERATIONS = 30
 _SHORTENED_LLR = 1.0e3        # "infinite" reliability; phi(1e3) underflows to the clip floor
 _PHI_MIN, _PHI_MAX = 1.0e-12, 40.0
 
@@ -100,8 +126,10 @@ def binary_entropy(q: float) -> float:
 
 # --------------------------------------------------------------------------------------------- messages
 _MAGIC = b"QLDP"
-_VERSION = 1
+_VERSION = 1                              # one-shot
+_VERSION_BLIND = 2                        # blind: header + reveal step
 _HEADER = struct.Struct("<4sB8sQIIIId")   # magic, version, code fingerprint, frame id, n, m, p, s, qber
+_STEP = struct.Struct("<I")               # v2 only: punctured values revealed per blind round
 
 
 @dataclass(frozen=True)
@@ -116,10 +144,15 @@ class SyndromeMessage:
     shortened: int
     qber_estimate: float
     syndrome: np.ndarray       # uint8 0/1, length m
+    reveal_step: int = 0       # blind mode: punctured values Alice reveals per failed attempt (0: one-shot)
 
     @property
     def key_bits(self) -> int:
         return self.n - self.punctured - self.shortened
+
+    @property
+    def blind(self) -> bool:
+        return self.reveal_step > 0
 
     @property
     def leak_bits(self) -> int:
@@ -127,8 +160,10 @@ class SyndromeMessage:
         return self.m - self.punctured
 
     def to_bytes(self) -> bytes:
-        head = _HEADER.pack(_MAGIC, _VERSION, self.code_fingerprint, self.frame_id, self.n, self.m,
-                            self.punctured, self.shortened, self.qber_estimate)
+        head = _HEADER.pack(_MAGIC, _VERSION_BLIND if self.blind else _VERSION, self.code_fingerprint,
+                            self.frame_id, self.n, self.m, self.punctured, self.shortened, self.qber_estimate)
+        if self.blind:
+            head += _STEP.pack(self.reveal_step)
         return head + np.packbits(self.syndrome.astype(np.uint8)).tobytes()
 
     @classmethod
@@ -142,8 +177,16 @@ class SyndromeMessage:
         magic, ver, fp, frame_id, n, m, p, s, q = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise ValueError("syndrome message: bad magic")
-        if ver != _VERSION:
+        if ver not in (_VERSION, _VERSION_BLIND):
             raise ValueError(f"syndrome message: unsupported version {ver}")
+        step, head_size = 0, _HEADER.size
+        if ver == _VERSION_BLIND:
+            if len(data) < head_size + _STEP.size:
+                raise ValueError("syndrome message: truncated blind header")
+            (step,) = _STEP.unpack_from(data, head_size)
+            head_size += _STEP.size
+            if step < 1:
+                raise ValueError("syndrome message: blind reveal_step must be >= 1")
         if not (0 < m < n):
             raise ValueError(f"syndrome message: m={m} must be in (0, n={n})")
         if p + s >= n:
@@ -151,13 +194,68 @@ class SyndromeMessage:
         if not (math.isfinite(q) and 0.0 < q < 0.5):
             raise ValueError(f"syndrome message: qber_estimate={q!r} must be in (0, 0.5)")
         nbytes = (m + 7) // 8
-        body = data[_HEADER.size:]
+        body = data[head_size:]
         if len(body) != nbytes:
             raise ValueError(f"syndrome message: syndrome is {len(body)} bytes, expected {nbytes}")
         bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
         if bits[m:].any():
             raise ValueError("syndrome message: non-zero padding bits")
-        return cls(fp, frame_id, n, m, p, s, q, bits[:m].copy())
+        return cls(fp, frame_id, n, m, p, s, q, bits[:m].copy(), step)
+
+
+_RMAGIC = b"QLDR"
+_RVERSION = 1
+_RHEADER = struct.Struct("<4sB8sQII")    # magic, version, code fingerprint, frame id, revealed before, count
+
+
+@dataclass(frozen=True)
+class RevealMessage:
+    """Alice -> Bob (blind mode): values of the next ``count`` punctured symbols of a frame.
+
+    They are the symbols ``puncture_order[p0 - revealed_before - count : p0 - revealed_before]`` (in that
+    order): revealing from the end of the puncturing order keeps the still-punctured set a prefix of it.
+    Every revealed value is one bit of leak (``leak_bits = count``).
+    """
+
+    code_fingerprint: bytes
+    frame_id: int
+    revealed_before: int
+    values: np.ndarray         # uint8 0/1
+
+    @property
+    def count(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def leak_bits(self) -> int:
+        return self.count
+
+    def to_bytes(self) -> bytes:
+        return _RHEADER.pack(_RMAGIC, _RVERSION, self.code_fingerprint, self.frame_id, self.revealed_before,
+                             self.count) + np.packbits(self.values.astype(np.uint8)).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RevealMessage":
+        """Strict decode: ValueError on wrong magic/version, truncation, trailing bytes, padding bits."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError("reveal message: expected bytes")
+        data = bytes(data)
+        if len(data) < _RHEADER.size:
+            raise ValueError(f"reveal message: truncated header ({len(data)} < {_RHEADER.size} bytes)")
+        magic, ver, fp, frame_id, before, count = _RHEADER.unpack_from(data)
+        if magic != _RMAGIC:
+            raise ValueError("reveal message: bad magic")
+        if ver != _RVERSION:
+            raise ValueError(f"reveal message: unsupported version {ver}")
+        if count < 1:
+            raise ValueError("reveal message: count must be >= 1")
+        body = data[_RHEADER.size:]
+        if len(body) != (count + 7) // 8:
+            raise ValueError(f"reveal message: {len(body)} value bytes, expected {(count + 7) // 8}")
+        bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
+        if bits[count:].any():
+            raise ValueError("reveal message: non-zero padding bits")
+        return cls(fp, frame_id, before, bits[:count].copy())
 
 
 @dataclass
@@ -210,6 +308,40 @@ def plan_frame(codes: Sequence[LdpcCode], qber_estimate: float, efficiency: floa
     return best[1], best[2], best[3]
 
 
+def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = DEFAULT_BLIND_START,
+               step: float = DEFAULT_BLIND_STEP, max_efficiency: float = DEFAULT_BLIND_MAX,
+               delta: float = DEFAULT_DELTA) -> tuple[LdpcCode, int, int, int]:
+    """Choose (mother code, p0, s0, reveal step) for blind reconciliation from a QBER estimate.
+
+    k = n - d key bits, h = h(q). Code: the highest-rate one whose fully shortened efficiency m / (k h)
+    reaches ``max_efficiency`` (else the lowest-rate code). p0 = m - ceil(start k h), within [0, min(d,
+    recoverable punctures)]: the first attempt runs at efficiency ``start`` (or the highest rate the code
+    reaches with every modulated symbol punctured, Martinez-Mateo et al. 2012). Step: ceil(step k h) values
+    per round, i.e. about ``step`` in efficiency.
+    """
+    if not (math.isfinite(qber_estimate) and 0.0 < qber_estimate < 0.5):
+        raise ValueError(f"qber_estimate: must be in (0, 0.5), got {qber_estimate!r}")
+    if not (math.isfinite(start) and start > 0 and math.isfinite(step) and step > 0):
+        raise ValueError(f"blind start/step efficiencies must be positive, got {start!r}, {step!r}")
+    if not (math.isfinite(max_efficiency) and max_efficiency >= 1.0):
+        raise ValueError(f"blind max efficiency: must be >= 1, got {max_efficiency!r}")
+    if not (0.0 <= delta < 0.5):
+        raise ValueError(f"delta: must be in [0, 0.5), got {delta!r}")
+    if not codes:
+        raise ValueError("codes: empty code pool")
+    h = binary_entropy(qber_estimate)
+    ordered = sorted(codes, key=lambda c: c.m)
+    code = next((c for c in ordered if c.m >= max_efficiency * (c.n - round(delta * c.n)) * h), ordered[-1])
+    d = int(round(delta * code.n))
+    kh = (code.n - d) * h
+    p_cap = min(d, int(code.puncture_order.size))
+    p0 = int(min(max(code.m - math.ceil(start * kh - 1e-9), 0), p_cap))
+    s0 = d - p0
+    if s0 > code.shorten_order.size:
+        raise ValueError(f"delta: {delta} needs more shortened symbols than the code allows")
+    return code, p0, s0, max(1, int(math.ceil(step * kh)))
+
+
 def _positions(code: LdpcCode, p: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     punct = np.sort(code.puncture_order[:p])
     short = np.sort(code.shorten_order[:s])
@@ -258,8 +390,11 @@ class LdpcAlice:
     """
 
     def __init__(self, code: LdpcCode | Sequence[LdpcCode], seed: int | None,
-                 efficiency: float = DEFAULT_EFFICIENCY, delta: float = DEFAULT_DELTA) -> None:
+                 efficiency: float = DEFAULT_EFFICIENCY, delta: float = DEFAULT_DELTA,
+                 blind_start: float = DEFAULT_BLIND_START, blind_step: float = DEFAULT_BLIND_STEP,
+                 blind_max: float = DEFAULT_BLIND_MAX) -> None:
         self.codes = _code_pool(code)
+        self.blind_start, self.blind_step, self.blind_max = float(blind_start), float(blind_step), float(blind_max)
         self._rng = np.random.default_rng(seed)   # punctured values: must be secret (seed=None in use)
         self.efficiency = float(efficiency)
         self.delta = float(delta)
@@ -293,6 +428,60 @@ class LdpcAlice:
         return SyndromeMessage(code.fingerprint, int(frame_id), code.n, code.m, p, s, float(qber_estimate),
                                code.syndrome(word))
 
+    def encode_blind(self, key: np.ndarray, qber_estimate: float,
+                     frame_id: int | None = None) -> tuple[SyndromeMessage, "BlindAliceFrame"]:
+        """Blind mode: the first syndrome (rate from ``plan_blind``) and the frame's state for later reveals.
+
+        The caller keeps the ``BlindAliceFrame`` (it holds the secret punctured values) until the frame is done.
+        """
+        bits = _as_bits(key, "key")
+        if bits.size != self.frame_bits:
+            raise ValueError(f"key: frame must have {self.frame_bits} bits, got {bits.size}")
+        code, p, s, step = plan_blind(self.codes, qber_estimate, self.blind_start, self.blind_step,
+                                      self.blind_max, self.delta)
+        if frame_id is None:
+            frame_id = self._frame_id
+        if not (isinstance(frame_id, (int, np.integer)) and 0 <= frame_id < 2**64):
+            raise ValueError(f"frame_id: must be an integer in [0, 2^64), got {frame_id!r}")
+        self._frame_id = (int(frame_id) + 1) % 2**64
+        key_pos, _, short = _positions(code, p, s)
+        word = np.empty(code.n, dtype=np.uint8)
+        word[key_pos] = bits
+        order = code.puncture_order[:p]
+        word[order] = self._rng.integers(0, 2, size=p, dtype=np.uint8)
+        word[short] = _shortened_values(code, frame_id, s)
+        msg = SyndromeMessage(code.fingerprint, int(frame_id), code.n, code.m, p, s, float(qber_estimate),
+                              code.syndrome(word), reveal_step=step)
+        return msg, BlindAliceFrame(code.fingerprint, int(frame_id), code.m, p, step, word[order].copy())
+
+
+class BlindAliceFrame:
+    """Alice's state of one blind frame: the secret punctured values (in puncturing order) and how many of them
+    have been revealed. ``leak_bits`` = m - p0 + revealed, exactly what Bob has been told about the frame."""
+
+    def __init__(self, fingerprint: bytes, frame_id: int, m: int, p0: int, step: int, values: np.ndarray) -> None:
+        self.fingerprint, self.frame_id, self.m, self.p0, self.step = fingerprint, frame_id, m, p0, step
+        self._values = values
+        self.revealed = 0
+
+    @property
+    def leak_bits(self) -> int:
+        return self.m - self.p0 + self.revealed
+
+    @property
+    def exhausted(self) -> bool:
+        return self.revealed >= self.p0
+
+    def reveal(self) -> RevealMessage | None:
+        """The next ``step`` punctured values (fewer at the end); None once every one has been revealed."""
+        left = self.p0 - self.revealed
+        if left <= 0:
+            return None
+        c = min(self.step, left)
+        msg = RevealMessage(self.fingerprint, self.frame_id, self.revealed, self._values[left - c:left].copy())
+        self.revealed += c
+        return msg
+
 
 class LdpcBob:
     """Bob's half: decodes his frame against Alice's syndrome."""
@@ -306,39 +495,66 @@ class LdpcBob:
         self.max_iterations = max_iterations
         self.use_numba = use_numba
 
-    def decode(self, key: np.ndarray, msg: SyndromeMessage) -> LdpcResult:
-        code, key_pos, llr = self._prepare(key, msg)
+    def decode(self, key: np.ndarray, msg: SyndromeMessage, reveals: Sequence[RevealMessage] = ()) -> LdpcResult:
+        code, key_pos, llr, t = self._prepare(key, msg, reveals)
         word, ok, iters = decode_syndrome(code, llr, msg.syndrome, self.max_iterations, self.use_numba)
-        return self._result(msg, key_pos, word, ok, iters)
+        return self._result(msg, key_pos, word, ok, iters, t)
 
-    def decode_many(self, keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage]) -> list[LdpcResult]:
+    def decode_many(self, keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
+                    reveals: Sequence[Sequence[RevealMessage]] | None = None,
+                    states: list | None = None, max_iterations: int | None = None) -> list[LdpcResult]:
         """Decode several frames; frames of the same mother code go to the C multi-frame kernel together.
 
         Same results as ``decode`` frame by frame (up to the float rounding of the SIMD kernel's phi), faster
-        with the C extension on AVX-512 CPUs. ``use_numba`` set explicitly selects the per-frame reference path.
+        where AVX-512 is available. ``use_numba`` set (True/False) selects the per-frame reference path.
+        Blind mode: ``reveals[i]`` are the reveal messages received so far for frame i (in order; their values
+        become shortened symbols, and ``leak_bits`` counts them); ``states`` (C path only) is a list with one
+        entry per frame, ``None`` or the float32 messages of that frame's previous attempt: decoding resumes
+        from them, and the entry is replaced by the new messages (``None`` once the frame has converged).
+        ``max_iterations`` overrides the instance's cap for this call.
         """
         if len(keys) != len(msgs):
             raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
-        prepared = [self._prepare(k, msg) for k, msg in zip(keys, msgs)]
+        if reveals is not None and len(reveals) != len(msgs):
+            raise ValueError(f"reveals: {len(reveals)} lists for {len(msgs)} frames")
+        if states is not None and len(states) != len(msgs):
+            raise ValueError(f"states: {len(states)} entries for {len(msgs)} frames")
+        cap = self.max_iterations if max_iterations is None else int(max_iterations)
+        prepared = [self._prepare(k, msg, reveals[i] if reveals is not None else ())
+                    for i, (k, msg) in enumerate(zip(keys, msgs))]
         out: list[LdpcResult | None] = [None] * len(msgs)
         if self.use_numba is not None or _cldpc is None:
-            for i, ((code, key_pos, llr), msg) in enumerate(zip(prepared, msgs)):
-                word, ok, iters = decode_syndrome(code, llr, msg.syndrome, self.max_iterations, self.use_numba)
-                out[i] = self._result(msg, key_pos, word, ok, iters)
+            for i, ((code, key_pos, llr, t), msg) in enumerate(zip(prepared, msgs)):
+                word, ok, iters = decode_syndrome(code, llr, msg.syndrome, cap, self.use_numba)
+                out[i] = self._result(msg, key_pos, word, ok, iters, t)
             return out  # type: ignore[return-value]
         groups: dict[bytes, list[int]] = {}
         for i, msg in enumerate(msgs):
             groups.setdefault(msg.code_fingerprint, []).append(i)
         for idx in groups.values():
             code = prepared[idx[0]][0]
+            st = None
+            warm = False
+            if states is not None:
+                st = np.zeros((len(idx), code.n_edges), dtype=np.float32)
+                for j, i in enumerate(idx):
+                    if states[i] is not None:
+                        st[j] = states[i]
+                        warm = True
             words, ok, iters = decode_syndromes(code, np.stack([prepared[i][2] for i in idx]),
-                                                np.stack([msgs[i].syndrome for i in idx]), self.max_iterations)
+                                                np.stack([msgs[i].syndrome for i in idx]), cap,
+                                                state=st, warm=warm)
             for j, i in enumerate(idx):
-                out[i] = self._result(msgs[i], prepared[i][1], words[j], bool(ok[j]), int(iters[j]))
+                out[i] = self._result(msgs[i], prepared[i][1], words[j], bool(ok[j]), int(iters[j]),
+                                      prepared[i][3])
+                if states is not None:
+                    states[i] = None if ok[j] else st[j].copy()
         return out  # type: ignore[return-value]
 
-    def _prepare(self, key: np.ndarray, msg: SyndromeMessage) -> tuple[LdpcCode, np.ndarray, np.ndarray]:
-        """Validate one frame and build Bob's LLRs: channel at key bits, 0 punctured, +-inf shortened."""
+    def _prepare(self, key: np.ndarray, msg: SyndromeMessage,
+                 reveals: Sequence[RevealMessage] = ()) -> tuple[LdpcCode, np.ndarray, np.ndarray, int]:
+        """Validate one frame and build Bob's LLRs: channel at key bits, 0 punctured, +-inf shortened and
+        revealed. Returns (code, key positions, llr, values revealed)."""
         code = self.codes.get(msg.code_fingerprint)
         if code is None:
             raise ValueError("msg: code fingerprint does not match any code held by Bob")
@@ -357,15 +573,109 @@ class LdpcBob:
         llr[key_pos] = np.where(bits == 0, 1.0, -1.0) * math.log((1.0 - q) / q)
         llr[short] = np.where(_shortened_values(code, msg.frame_id, msg.shortened) == 0, 1.0, -1.0) \
             * _SHORTENED_LLR
-        return code, key_pos, llr
+        t = 0
+        for r in reveals:
+            if not msg.blind:
+                raise ValueError("reveal: frame was sent in one-shot mode")
+            if r.code_fingerprint != msg.code_fingerprint or r.frame_id != msg.frame_id:
+                raise ValueError(f"reveal: for frame {r.frame_id}, expected frame {msg.frame_id} of this code")
+            if r.revealed_before != t:
+                raise ValueError(f"reveal: starts after {r.revealed_before} values, Bob holds {t}")
+            if t + r.count > msg.punctured:
+                raise ValueError(f"reveal: {t + r.count} values revealed but only {msg.punctured} were punctured")
+            left = msg.punctured - t
+            pos = code.puncture_order[left - r.count:left]
+            llr[pos] = np.where(r.values == 0, 1.0, -1.0) * _SHORTENED_LLR
+            t += r.count
+        return code, key_pos, llr, t
 
     @staticmethod
-    def _result(msg: SyndromeMessage, key_pos: np.ndarray, word: np.ndarray, ok: bool, iters: int) -> LdpcResult:
+    def _result(msg: SyndromeMessage, key_pos: np.ndarray, word: np.ndarray, ok: bool, iters: int,
+                revealed: int = 0) -> LdpcResult:
         return LdpcResult(corrected=word[key_pos].copy() if ok else None, converged=ok,
-                          leak_bits=msg.leak_bits, iterations=iters, frame_id=msg.frame_id,
-                          key_bits=msg.key_bits, punctured=msg.punctured, shortened=msg.shortened,
-                          syndrome_bits=msg.m)
+                          leak_bits=msg.leak_bits + revealed, iterations=iters, frame_id=msg.frame_id,
+                          key_bits=msg.key_bits, punctured=msg.punctured - revealed,
+                          shortened=msg.shortened + revealed, syndrome_bits=msg.m)
 
+
+class BlindDecoder:
+    """Bob's side of blind reconciliation for a batch of frames (e.g. one key block), round by round.
+
+    ``decode()`` tries every frame not yet converged (all in one ``LdpcBob.decode_many`` call per cap) and
+    returns the indices still failing that have values left to reveal; the caller asks Alice for reveals of
+    those, passes them to ``add_reveals`` and calls ``decode()`` again. Frames that failed with every value
+    revealed are listed in ``failed`` (lost; reconcile_du aborts the block). While a frame has punctured values left an attempt runs at
+    most ``round_iterations`` iterations (resuming from the previous attempt's messages); the attempt with
+    nothing left to reveal gets the decoder's ``max_iterations``. ``leak_bits`` = sum over frames of
+    m - p0 + revealed; ``iterations`` and ``attempts`` count every decoding attempt (for throughput figures).
+    """
+
+    def __init__(self, bob: "LdpcBob", keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
+                 round_iterations: int = DEFAULT_ROUND_ITERATIONS, warm_start: bool = True) -> None:
+        if len(keys) != len(msgs):
+            raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
+        if not all(m.blind for m in msgs):
+            raise ValueError("msgs: blind decoding needs blind syndrome messages (reveal_step > 0)")
+        if not (isinstance(round_iterations, int) and round_iterations >= 1):
+            raise ValueError(f"round_iterations: must be a positive integer, got {round_iterations!r}")
+        self.bob, self.keys, self.msgs = bob, list(keys), list(msgs)
+        self.round_iterations = round_iterations
+        self.reveals: list[list[RevealMessage]] = [[] for _ in msgs]
+        self.revealed = [0] * len(msgs)
+        self.results: list[LdpcResult | None] = [None] * len(msgs)
+        self.states: list | None = [None] * len(msgs) if warm_start else None
+        self.pending = list(range(len(msgs)))
+        self.failed: list[int] = []
+        self.attempts = 0
+        self.iterations = 0
+        self.rounds = 0
+
+    def exhausted(self, i: int) -> bool:
+        return self.revealed[i] >= self.msgs[i].punctured
+
+    def decode(self) -> list[int]:
+        """One round: decode every pending frame; returns the frames that still fail."""
+        self.rounds += 1
+        for final in (False, True):
+            idx = [i for i in self.pending if self.exhausted(i) == final]
+            if not idx:
+                continue
+            cap = self.bob.max_iterations if final else min(self.round_iterations, self.bob.max_iterations)
+            sub_states = [self.states[i] for i in idx] if self.states is not None else None
+            res = self.bob.decode_many([self.keys[i] for i in idx], [self.msgs[i] for i in idx],
+                                       [self.reveals[i] for i in idx], sub_states, max_iterations=cap)
+            for j, (i, r) in enumerate(zip(idx, res)):
+                self.results[i] = r
+                self.attempts += 1
+                self.iterations += r.iterations
+                if self.states is not None:
+                    self.states[i] = sub_states[j]
+        # a frame whose attempt with every value revealed failed is lost: it leaves the batch
+        self.failed += [i for i in self.pending if not self.results[i].converged and self.exhausted(i)]
+        self.pending = [i for i in self.pending if not self.results[i].converged and not self.exhausted(i)]
+        return list(self.pending)
+
+    def add_reveals(self, reveals: Sequence[RevealMessage]) -> None:
+        """Alice's answers for the pending frames (any order; matched by frame id)."""
+        by_id = {self.msgs[i].frame_id: i for i in self.pending}
+        for r in reveals:
+            i = by_id.get(r.frame_id)
+            if i is None:
+                raise ValueError(f"reveal: frame {r.frame_id} is not awaiting a reveal")
+            if r.revealed_before != self.revealed[i] or self.revealed[i] + r.count > self.msgs[i].punctured:
+                raise ValueError(f"reveal: frame {r.frame_id} values {r.revealed_before}+{r.count} do not follow "
+                                 f"the {self.revealed[i]} of {self.msgs[i].punctured} revealed so far")
+            self.reveals[i].append(r)
+            self.revealed[i] += r.count
+
+    @property
+    def leak_bits(self) -> int:
+        return sum(m.leak_bits + t for m, t in zip(self.msgs, self.revealed))
+
+    @property
+    def done(self) -> bool:
+        """Every frame converged."""
+        return not self.pending and not self.failed
 
 # -------------------------------------------------------------------------------------------- decoder
 def _phi(x: np.ndarray) -> np.ndarray:
@@ -404,11 +714,18 @@ def decode_syndrome(code: LdpcCode, llr: np.ndarray, syndrome: np.ndarray,
 
 def decode_syndromes(code: LdpcCode, llrs: np.ndarray, syndromes: np.ndarray,
                      max_iterations: int = DEFAULT_MAX_ITERATIONS,
-                     simd: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     simd: bool = True, state: np.ndarray | None = None,
+                     warm: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode F frames of one code: llrs (F, n), syndromes (F, m) -> (words (F, n), converged (F,), iterations (F,)).
 
     With the C extension: the 16-frame AVX-512 kernel if ``simd`` and the CPU has AVX-512F, else the scalar
     C kernel frame by frame; without it, ``decode_syndrome`` per frame (numba or numpy).
+    ``state`` (C only): a float32 (F, E) array of check-to-variable messages. With ``warm`` decoding resumes
+    from them (a-posteriori LLR = llr + sum of incoming messages, as at the end of a layered iteration); the
+    final messages of every frame that did not converge are written back. Blind reconciliation's later rounds
+    resume this way instead of restarting from the channel LLRs (the message reuse of Kiktenko et al.,
+    "Symmetric blind information reconciliation", arXiv:1612.03673): a frame that just missed needs only a few
+    more iterations once a few punctured values are revealed. Without the C extension ``state`` is ignored.
     """
     llrs = np.ascontiguousarray(llrs, dtype=np.float64)
     syns = np.ascontiguousarray(syndromes, dtype=np.uint8)
@@ -422,8 +739,14 @@ def decode_syndromes(code: LdpcCode, llrs: np.ndarray, syndromes: np.ndarray,
     if n_frames == 0:
         return words, ok.astype(bool), iters
     if _cldpc is not None:
-        _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
-                           bool(simd))
+        if state is not None:
+            if state.dtype != np.float32 or state.shape != (n_frames, code.n_edges) or not state.flags.c_contiguous:
+                raise ValueError(f"state: expected a C-contiguous float32 array of shape ({n_frames}, {code.n_edges})")
+            _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
+                               bool(simd), state, bool(warm))
+        else:
+            _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
+                               bool(simd))
         return words, ok.astype(bool), iters
     for i in range(n_frames):
         words[i], ok[i], iters[i] = decode_syndrome(code, llrs[i], syns[i], max_iterations)
@@ -628,4 +951,54 @@ def reconcile(alice_key: np.ndarray, bob_key: np.ndarray, qber_estimate: float, 
             out.append(r.corrected)
     res.corrected = np.concatenate(out) if out else np.zeros(0, np.uint8)
     res.all_converged = all(r.converged for r in res.frames)
+    return res
+
+
+@dataclass
+class BlindReconcileResult(ReconcileResult):
+    """``reconcile_blind``: ReconcileResult plus the blind protocol's round and decoder counts."""
+
+    rounds: int = 0                    # decoding rounds (= messages Alice -> Bob: syndromes + reveal rounds)
+    attempts: int = 0                  # frame decoding attempts, all rounds
+    iterations: int = 0                # BP iterations, all attempts
+    revealed_bits: int = 0
+
+
+def reconcile_blind(alice_key: np.ndarray, bob_key: np.ndarray, qber_estimate: float, n: int, seed: int,
+                    delta: float = DEFAULT_DELTA, max_iterations: int = DEFAULT_MAX_ITERATIONS,
+                    blind_start: float = DEFAULT_BLIND_START, blind_step: float = DEFAULT_BLIND_STEP,
+                    blind_max: float = DEFAULT_BLIND_MAX, round_iterations: int = DEFAULT_ROUND_ITERATIONS,
+                    codes: Sequence[LdpcCode] | None = None, warm_start: bool = True) -> BlindReconcileResult:
+    """Blind reconciliation (Martinez-Mateo et al. 2012) of a long key, frames batched, every message
+    serialised: syndromes, then per round the reveals of the frames that failed, until all converge or a
+    failing frame has nothing left to reveal. ``leak_bits`` = sum of m - p0 + revealed over all frames."""
+    a = _as_bits(alice_key, "alice_key")
+    b = _as_bits(bob_key, "bob_key")
+    if a.size != b.size:
+        raise ValueError(f"bob_key: length {b.size} differs from alice_key length {a.size}")
+    codes = load_or_build_codes(n, seed) if codes is None else list(codes)
+    alice = LdpcAlice(codes, seed=seed, delta=delta, blind_start=blind_start, blind_step=blind_step,
+                      blind_max=blind_max)
+    bob = LdpcBob(codes, seed=seed, max_iterations=max_iterations)
+    fb = alice.frame_bits
+    n_frames = a.size // fb
+    res = BlindReconcileResult(corrected=np.zeros(0, np.uint8), frame_bits=fb,
+                               unreconciled_tail_bits=a.size - n_frames * fb)
+    sent = [alice.encode_blind(a[i * fb:(i + 1) * fb], qber_estimate, frame_id=i) for i in range(n_frames)]
+    a_frames = [f for _, f in sent]
+    msgs = [SyndromeMessage.from_bytes(m.to_bytes()) for m, _ in sent]
+    dec = BlindDecoder(bob, [b[i * fb:(i + 1) * fb] for i in range(n_frames)], msgs, round_iterations,
+                       warm_start=warm_start)
+    failing = dec.decode()
+    while failing:
+        dec.add_reveals([RevealMessage.from_bytes(a_frames[i].reveal().to_bytes()) for i in failing])
+        failing = dec.decode()
+    res.frames = list(dec.results)              # type: ignore[arg-type]
+    res.leak_bits = dec.leak_bits
+    assert res.leak_bits == sum(f.leak_bits for f in a_frames)   # both ends count the same disclosure
+    res.all_converged = dec.done
+    res.corrected = np.concatenate([r.corrected for r in dec.results if r.converged]) if any(
+        r.converged for r in dec.results) else np.zeros(0, np.uint8)
+    res.rounds, res.attempts, res.iterations = dec.rounds, dec.attempts, dec.iterations
+    res.revealed_bits = sum(dec.revealed)
     return res
