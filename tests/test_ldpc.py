@@ -591,3 +591,133 @@ def test_blind_syndrome_message_round_trip(m, extra, p, s, step, data):
 
 def _hdr_size() -> int:
     return ldpc._HEADER.size
+
+
+# ------------------------------------------------------------------- PEG construction and min-sum decoder
+needs_peg = pytest.mark.skipif(ldpc._cldpc is None or not hasattr(ldpc._cldpc, "peg"),
+                               reason="C extension with the PEG helper not built")
+
+
+def _four_cycle_pairs(code) -> int:
+    """Independent 4-cycle check: pairs of columns of H sharing >= 2 rows (sparse H^T H)."""
+    from scipy import sparse
+
+    rows = np.repeat(np.arange(code.m), np.diff(code.check_ptr))
+    h = sparse.csr_matrix((np.ones(rows.size, dtype=np.int32), (rows, code.edge_var)), shape=(code.m, code.n))
+    overlap = sparse.triu(h.T @ h, k=1).tocoo()
+    return int(np.count_nonzero(overlap.data >= 2))
+
+
+@needs_peg
+@pytest.mark.parametrize("rate", [0.5, 0.9])
+def test_peg_graph_has_the_degree_profile_no_parallel_edges_and_no_four_cycles(rate):
+    code = build_code(20000, rate, 21, construction="peg")
+    ref = build_code(20000, rate, 21)                      # same node-degree profile and m as the random build
+    assert code.construction == "peg" and code.m == ref.m
+    assert np.array_equal(np.sort(code.var_degree), np.sort(ref.var_degree))
+    assert np.array_equal(np.bincount(code.edge_var, minlength=code.n), code.var_degree)
+    cdeg = np.diff(code.check_ptr)
+    assert cdeg.max() - cdeg.min() <= 3                    # lowest-degree rule: check-concentrated
+    keys = np.repeat(np.arange(code.m), cdeg).astype(np.int64) * code.n + code.edge_var
+    assert np.unique(keys).size == keys.size              # simple graph
+    # PEG's first search level is always complete, so a 4-cycle appears only where every check is already within
+    # distance 2 of the variable (n = 3000 has thousands: its degree-57 columns see every check): none at n = 2e4
+    assert _four_cycle_pairs(code) == 0 == code.four_cycles
+    small = build_code(3000, rate, 21, construction="peg")
+    assert _four_cycle_pairs(small) > 0 and small.four_cycles >= _four_cycle_pairs(small)   # the check can fail
+    again = build_code(20000, rate, 21, construction="peg")
+    assert again.fingerprint == code.fingerprint           # deterministic in the seed
+    assert build_code(20000, rate, 22, construction="peg").fingerprint != code.fingerprint
+
+
+@needs_peg
+def test_peg_code_reconciles_and_is_cached_separately(tmp_path, monkeypatch):
+    monkeypatch.setenv("QKDFLOW_CACHE_DIR", str(tmp_path))
+    peg = load_or_build_code(4096, 0.6, 5, construction="peg")
+    rnd = load_or_build_code(4096, 0.6, 5)
+    assert peg.fingerprint != rnd.fingerprint
+    assert load_or_build_code(4096, 0.6, 5, construction="peg").fingerprint == peg.fingerprint
+    assert len(list(tmp_path.glob("*_peg_*.npz"))) == 1
+    rng = np.random.default_rng(5)
+    alice, bob = LdpcAlice([peg], seed=1, efficiency=1.4), LdpcBob([peg])
+    for i in range(3):
+        a, b = _frame(rng, alice.frame_bits, 0.04)
+        r = bob.decode(b, alice.encode(a, 0.04, frame_id=i))
+        assert r.converged and np.array_equal(r.corrected, a)
+    with pytest.raises(ValueError, match="construction"):
+        build_code(4096, 0.6, 5, construction="bogus")
+
+
+needs_ms = pytest.mark.skipif(ldpc._cldpc is None or not hasattr(ldpc._cldpc, "decode_many_ms"),
+                              reason="C extension with the min-sum kernels not built")
+
+
+@needs_ms
+def test_min_sum_decodes_and_simd_equals_scalar_bit_for_bit():
+    code = build_code(N, 0.6, 31)
+    rng = np.random.default_rng(31)
+    x, llr, syn = _channel(code, rng, 0.035, 35)          # 35 frames: one 32-lane group + a scalar tail of 3
+    llr[4] = np.where(rng.random(code.n) < 0.2, -1.0, 1.0) * (1 - 2.0 * x[4]) * math.log(0.8 / 0.2)  # hopeless
+    llr[9, :200] = np.where(x[9, :200] == 0, 1e3, -1e3)   # shortened symbols (saturated LLRs)
+    llr[10, code.puncture_order[:300]] = 0.0              # punctured symbols (untainted order)
+    out = {}
+    for simd in (True, False):
+        out[simd] = decode_syndromes(code, llr, syn, 80, simd=simd, algorithm="min-sum")
+    w, ok, it = out[True]
+    others = np.flatnonzero(np.arange(35) != 4)
+    assert ok[others].all() and np.array_equal(w[others], x[others])
+    assert not ok[4] and it[4] == 80
+    for a, b in zip(out[True], out[False]):
+        assert np.array_equal(a, b)                       # same integer arithmetic in both kernels
+
+
+@needs_ms
+def test_min_sum_agrees_with_sum_product_on_converged_frames_and_stall_stops_early():
+    code = build_code(N, 0.7, 32)
+    rng = np.random.default_rng(32)
+    x, llr, syn = _channel(code, rng, 0.03, 6)
+    ws, oks, _ = decode_syndromes(code, llr, syn, 100)
+    wm, okm, itm = decode_syndromes(code, llr, syn, 100, algorithm="min-sum")
+    assert oks.all() and okm.all()
+    assert np.array_equal(ws, wm) and np.array_equal(wm, x)
+    xb, llrb, synb = _channel(code, rng, 0.2, 2)          # far above threshold
+    _, ok_b, it_b = decode_syndromes(code, llrb, synb, 150, algorithm="min-sum", stall=5)
+    assert not ok_b.any() and (it_b < 150).all()
+
+
+@needs_ms
+def test_min_sum_self_correction_is_what_makes_it_converge_here():
+    """Plain normalised min-sum oscillates on the high-degree table codes; self-corrected min-sum does not."""
+    code = build_code(N, 0.7, 33)
+    rng = np.random.default_rng(33)
+    x, llr, syn = _channel(code, rng, 0.03, 8)
+    _, ok_sc, _ = decode_syndromes(code, llr, syn, 100, algorithm="min-sum")
+    _, ok_plain, _ = decode_syndromes(code, llr, syn, 100, algorithm="min-sum", self_correct=False, beta=0.0)
+    assert ok_sc.all()
+    assert ok_sc.sum() > ok_plain.sum()
+
+
+@needs_ms
+def test_min_sum_blind_reconciliation_with_warm_states(pool):
+    rng = np.random.default_rng(34)
+    alice = LdpcAlice(pool, seed=6, blind_max=1.4)        # min-sum needs more room in f than sum-product
+    bob = LdpcBob(pool, algorithm="min-sum")
+    keys, msgs, frames, truth = [], [], [], []
+    for i in range(4):
+        a, b = _frame(rng, alice.frame_bits, 0.03)
+        m, fr = alice.encode_blind(a, 0.03, frame_id=i)
+        keys.append(b), msgs.append(m), frames.append(fr), truth.append(a)
+    dec = ldpc.BlindDecoder(bob, keys, msgs, round_iterations=20)
+    failing = dec.decode()
+    rounds = 1
+    while failing:
+        dec.add_reveals([frames[i].reveal() for i in failing])
+        failing = dec.decode()
+        rounds += 1
+    assert rounds > 1                                     # the first attempt (f = 1.0) cannot succeed
+    assert dec.done
+    for r, a in zip(dec.results, truth):
+        assert np.array_equal(r.corrected, a)
+    assert dec.leak_bits == sum(f.leak_bits for f in frames)
+    with pytest.raises(ValueError, match="algorithm"):
+        LdpcBob(pool, algorithm="bp")

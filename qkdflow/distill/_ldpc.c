@@ -487,6 +487,541 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------------------ normalised / offset min-sum
+ * Layered min-sum (Chen & Fossorier, "Near optimum universal belief propagation based decoding of LDPC codes",
+ * IEEE Trans. Commun. 50(3) 2002: normalised and offset BP-based decoding; layered schedule as above) on
+ * saturated int16 fixed-point messages:
+ *     |L_{c->v}| = max(0, alpha * min_{v' != v} |L_{v'->c}| - beta),   sign as in sum-product,
+ * alpha in Q15 (rounded multiply, as _mm512_mulhrs_epi16), beta in LLR units / MS_SCALE.  Channel LLRs are
+ * quantised to round(MS_SCALE * llr) clamped to +-MS_LLR_CLAMP (shortened / revealed symbols: "infinite"),
+ * variable-to-check magnitudes clamped to MS_VMAX, a-posteriori sums saturate at +-32767.  Min-sum is
+ * invariant to the LLR scale (up to rounding and the offset), so MS_SCALE only sets the resolution.
+ * Per check only min1, min2, the position of min1 and one sign bit per edge are stored (compressed check
+ * messages: 6 bytes per check and lane + 1 bit per edge and lane instead of a message per edge).
+ * The scalar kernel (ms_frame) and the 32-lane AVX-512BW kernel (ms_group32, one frame per int16 lane) do
+ * the same integer arithmetic in the same order: their results are bit-identical (checked in the tests).
+ * Early stop on stall: with stall > 0 a frame is given up (not converged) once its number of unsatisfied
+ * checks has not reached a new minimum for `stall` iterations.
+ */
+#define MS_SCALE 16.0
+#define MS_LLR_CLAMP 16383
+#define MS_VMAX 4095
+
+static inline int16_t sat16(int32_t x) { return (int16_t)(x > 32767 ? 32767 : (x < -32768 ? -32768 : x)); }
+static inline int16_t ms_quant(double l)
+{
+    double q = l * MS_SCALE;
+    q = q > MS_LLR_CLAMP ? MS_LLR_CLAMP : (q < -MS_LLR_CLAMP ? -MS_LLR_CLAMP : q);
+    return (int16_t)lrint(q);
+}
+static inline int16_t ms_norm(int16_t x, int alpha_q15, int beta)
+{
+    int32_t y = ((int32_t)x * alpha_q15 + 0x4000) >> 15;      /* = _mm512_mulhrs_epi16 */
+    y -= beta;
+    return (int16_t)(y > 0 ? y : 0);
+}
+
+/* state (optional): int16 (E,) check-to-variable messages in, if warm, and out on failure. */
+static long ms_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
+                     const uint8_t *syn, long max_iter, uint8_t *word, int16_t *post, int16_t *m1s, int16_t *m2s,
+                     int16_t *ixs, uint8_t *sgn, uint8_t *pmem, int16_t *tmp, uint8_t *tsg, int *ok, int alpha,
+                     int beta, int stall, int scms, int16_t *state, int warm)
+{
+    const int64_t n_edges = ptr[m];
+    for (int64_t v = 0; v < n; v++) post[v] = ms_quant(llr[v]);
+    memset(m1s, 0, (size_t)m * 2); memset(m2s, 0, (size_t)m * 2); memset(ixs, 0, (size_t)m * 2);
+    memset(sgn, 0, (size_t)n_edges);
+    memset(pmem, 0, (size_t)n_edges);
+    if (state && warm) {
+        for (int64_t c = 0; c < m; c++) {
+            int16_t lo = MS_VMAX, hi = 0, ix = 0;
+            for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) {
+                int16_t s = state[e], a = (int16_t)(s < 0 ? -s : s);
+                sgn[e] = s < 0;
+                if (a < lo) lo = a;
+                if (a > hi) { hi = a; ix = (int16_t)(e - ptr[c]); }
+                post[ev[e]] = sat16((int32_t)post[ev[e]] + s);
+            }
+            if (ptr[c + 1] - ptr[c] < 2 || lo == hi) ix = 0;
+            m1s[c] = lo; m2s[c] = hi; ixs[c] = ix;
+        }
+    }
+    long it = 0, best = -1, best_it = 0;
+    for (;;) {
+        long unsat = 0;
+        for (int64_t c = 0; c < m; c++) {
+            unsigned par = syn[c];
+            for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) par ^= (unsigned)(post[ev[e]] < 0);
+            unsat += par;
+        }
+        if (!unsat) { *ok = 1; break; }
+        if (best < 0 || unsat < best) { best = unsat; best_it = it; }
+        if (it >= max_iter || (stall > 0 && it - best_it >= stall)) { *ok = 0; break; }
+        it++;
+        for (int64_t c = 0; c < m; c++) {
+            const int64_t a = ptr[c];
+            const int d = (int)(ptr[c + 1] - a);
+            const int32_t *vs = ev + a;
+            const int16_t o1 = m1s[c], o2 = m2s[c], oi = ixs[c];
+            int16_t n1 = MS_VMAX, n2 = MS_VMAX, ni = 0;
+            unsigned par = syn[c];
+            for (int k = 0; k < d; k++) {
+                int16_t mag = k == oi ? o2 : o1;
+                int16_t old = sgn[a + k] ? (int16_t)-mag : mag;
+                int16_t t = sat16((int32_t)post[vs[k]] - old);
+                tmp[k] = t;
+                if (scms) {    /* erase a message whose sign flipped since the last (non-erased) one */
+                    uint8_t pm = pmem[a + k], s = t < 0, nz = t != 0;
+                    if ((pm & 2) && ((pm & 1) != s)) { t = 0; pmem[a + k] = 0; }
+                    else pmem[a + k] = (uint8_t)((nz << 1) | s);
+                }
+                tsg[k] = t < 0;
+                par ^= tsg[k];
+                int32_t ab = t < 0 ? -(int32_t)t : t;
+                int16_t av = (int16_t)(ab < MS_VMAX ? ab : MS_VMAX);
+                if (av < n1) ni = (int16_t)k;
+                int16_t mx = av > n1 ? av : n1;
+                n2 = mx < n2 ? mx : n2;
+                n1 = av < n1 ? av : n1;
+            }
+            n1 = ms_norm(n1, alpha, beta);
+            n2 = ms_norm(n2, alpha, beta);
+            m1s[c] = n1; m2s[c] = n2; ixs[c] = ni;
+            for (int k = 0; k < d; k++) {
+                int16_t mag = k == ni ? n2 : n1;
+                unsigned neg = par ^ tsg[k];
+                sgn[a + k] = (uint8_t)neg;
+                post[vs[k]] = sat16((int32_t)tmp[k] + (neg ? -mag : mag));
+            }
+        }
+    }
+    for (int64_t v = 0; v < n; v++) word[v] = (uint8_t)(post[v] < 0);
+    if (state && !*ok)
+        for (int64_t c = 0; c < m; c++)
+            for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) {
+                int16_t mag = (e - ptr[c]) == ixs[c] ? m2s[c] : m1s[c];
+                state[e] = sgn[e] ? (int16_t)-mag : mag;
+            }
+    return it;
+}
+
+#if LDPC_HAVE_AVX512
+#define WS 32
+
+__attribute__((target("avx512f,avx512bw")))
+static void ms_lane_out(const int16_t *post, int64_t n, int l, uint8_t *word, const int64_t *ptr, int64_t m,
+                        const int16_t *m1s, const int16_t *m2s, const int16_t *ixs, const uint32_t *sgn,
+                        int16_t *state)
+{
+    for (int64_t v = 0; v < n; v++) word[v] = (uint8_t)(post[v * WS + l] < 0);
+    if (state)
+        for (int64_t c = 0; c < m; c++) {
+            int16_t i1 = m1s[c * WS + l], i2 = m2s[c * WS + l], ix = ixs[c * WS + l];
+            for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) {
+                int16_t mag = (e - ptr[c]) == ix ? i2 : i1;
+                state[e] = (sgn[e] >> l & 1u) ? (int16_t)-mag : mag;
+            }
+        }
+}
+
+__attribute__((target("avx512f,avx512bw")))
+static void ms_group32(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
+                       const uint8_t *syn, int64_t f0, int nl, long max_iter, uint8_t *words, int64_t *iters,
+                       uint8_t *oks, int16_t *post, int16_t *m1s, int16_t *m2s, int16_t *ixs, uint32_t *sgn,
+                       uint32_t *psg, uint32_t *pnz, int16_t *tmp, uint32_t *tsg, uint32_t *synm, int alpha,
+                       int beta, int stall, int scms, int16_t *state, int warm)
+{
+    const int64_t n_edges = ptr[m];
+    for (int64_t v = 0; v < n; v++)
+        for (int l = 0; l < WS; l++) post[v * WS + l] = l < nl ? ms_quant(llr[(f0 + l) * n + v]) : MS_LLR_CLAMP;
+    for (int64_t c = 0; c < m; c++) {
+        uint32_t s = 0;
+        for (int l = 0; l < nl; l++) s |= (uint32_t)(syn[(f0 + l) * m + c] & 1) << l;
+        synm[c] = s;
+    }
+    memset(m1s, 0, (size_t)m * WS * 2); memset(m2s, 0, (size_t)m * WS * 2); memset(ixs, 0, (size_t)m * WS * 2);
+    memset(sgn, 0, (size_t)n_edges * 4);
+    memset(psg, 0, (size_t)n_edges * 4);
+    memset(pnz, 0, (size_t)n_edges * 4);
+    if (state && warm) {
+        for (int l = 0; l < nl; l++) {
+            const int16_t *sf = state + (f0 + l) * n_edges;
+            for (int64_t c = 0; c < m; c++) {
+                int16_t lo = MS_VMAX, hi = 0, ix = 0;
+                for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) {
+                    int16_t s = sf[e], a = (int16_t)(s < 0 ? -s : s);
+                    if (s < 0) sgn[e] |= 1u << l;
+                    if (a < lo) lo = a;
+                    if (a > hi) { hi = a; ix = (int16_t)(e - ptr[c]); }
+                    int16_t *pv = post + (int64_t)ev[e] * WS + l;
+                    *pv = sat16((int32_t)*pv + s);
+                }
+                if (ptr[c + 1] - ptr[c] < 2 || lo == hi) ix = 0;
+                m1s[c * WS + l] = lo; m2s[c * WS + l] = hi; ixs[c * WS + l] = ix;
+            }
+        }
+    }
+    const __m512i vmax = _mm512_set1_epi16(MS_VMAX), zero = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
+    const __m512i valpha = _mm512_set1_epi16((int16_t)alpha), vbeta = _mm512_set1_epi16((int16_t)beta);
+    uint32_t done = nl < WS ? ~((1u << nl) - 1u) : 0u;     /* padding lanes count as done */
+    long best[WS], best_it[WS];
+    for (int l = 0; l < WS; l++) { best[l] = -1; best_it[l] = 0; }
+    long it = 0;
+    for (;;) {
+        /* parity pass: per-lane count of unsatisfied checks (int16 counters flushed every 16384 checks) */
+        int32_t cnt[WS];
+        int16_t part[WS];
+        memset(cnt, 0, sizeof cnt);
+        __m512i acc = zero;
+        for (int64_t c = 0; c < m; c++) {
+            uint32_t par = synm[c];
+            for (int64_t e = ptr[c]; e < ptr[c + 1]; e++)
+                par ^= _mm512_movepi16_mask(_mm512_load_si512((const void *)(post + (int64_t)ev[e] * WS)));
+            acc = _mm512_mask_add_epi16(acc, par, acc, one);
+            if ((c & 16383) == 16383) {
+                _mm512_storeu_si512((void *)part, acc);
+                for (int l = 0; l < WS; l++) cnt[l] += part[l];
+                acc = zero;
+            }
+        }
+        _mm512_storeu_si512((void *)part, acc);
+        for (int l = 0; l < WS; l++) cnt[l] += part[l];
+        for (int l = 0; l < nl; l++) {
+            if (done >> l & 1u) continue;
+            int fin = 0, okl = 0;
+            if (cnt[l] == 0) { fin = 1; okl = 1; }
+            else {
+                if (best[l] < 0 || cnt[l] < best[l]) { best[l] = cnt[l]; best_it[l] = it; }
+                if (it >= max_iter || (stall > 0 && it - best_it[l] >= stall)) fin = 1;
+            }
+            if (fin) {
+                ms_lane_out(post, n, l, words + (f0 + l) * n, ptr, m, m1s, m2s, ixs, sgn,
+                            (state && !okl) ? state + (f0 + l) * n_edges : NULL);
+                iters[f0 + l] = it;
+                oks[f0 + l] = (uint8_t)okl;
+                done |= 1u << l;
+            }
+        }
+        if (done == 0xFFFFFFFFu) break;
+        it++;
+        for (int64_t c = 0; c < m; c++) {
+            const int64_t a = ptr[c];
+            const int d = (int)(ptr[c + 1] - a);
+            const int32_t *vs = ev + a;
+            const __m512i o1 = _mm512_load_si512((const void *)(m1s + c * WS));
+            const __m512i o2 = _mm512_load_si512((const void *)(m2s + c * WS));
+            const __m512i oi = _mm512_load_si512((const void *)(ixs + c * WS));
+            __m512i n1 = vmax, n2 = vmax, ni = zero;
+            uint32_t par = synm[c];
+            for (int k = 0; k < d; k++) {
+                const __m512i kk = _mm512_set1_epi16((int16_t)k);
+                __m512i mag = _mm512_mask_blend_epi16(_mm512_cmpeq_epi16_mask(oi, kk), o1, o2);
+                __m512i old = _mm512_mask_sub_epi16(mag, sgn[a + k], zero, mag);
+                int16_t *pv = post + (int64_t)vs[k] * WS;
+                __m512i t = _mm512_subs_epi16(_mm512_load_si512((const void *)pv), old);
+                _mm512_store_si512((void *)(tmp + k * WS), t);
+                uint32_t ts = _mm512_movepi16_mask(t);
+                if (scms) {    /* self-corrected min-sum (Savin, ISIT 2008): erase sign-flipped messages */
+                    uint32_t nz = _mm512_test_epi16_mask(t, t);
+                    uint32_t er = pnz[a + k] & (psg[a + k] ^ ts);
+                    t = _mm512_maskz_mov_epi16(~er, t);
+                    ts &= ~er;
+                    psg[a + k] = ts;
+                    pnz[a + k] = nz & ~er;
+                }
+                tsg[k] = ts;
+                par ^= ts;
+                __m512i av = _mm512_min_epu16(_mm512_abs_epi16(t), vmax);   /* t: the (erased) message */
+                ni = _mm512_mask_mov_epi16(ni, _mm512_cmplt_epi16_mask(av, n1), kk);
+                n2 = _mm512_min_epi16(n2, _mm512_max_epi16(n1, av));
+                n1 = _mm512_min_epi16(n1, av);
+            }
+            n1 = _mm512_max_epi16(_mm512_sub_epi16(_mm512_mulhrs_epi16(n1, valpha), vbeta), zero);
+            n2 = _mm512_max_epi16(_mm512_sub_epi16(_mm512_mulhrs_epi16(n2, valpha), vbeta), zero);
+            _mm512_store_si512((void *)(m1s + c * WS), n1);
+            _mm512_store_si512((void *)(m2s + c * WS), n2);
+            _mm512_store_si512((void *)(ixs + c * WS), ni);
+            for (int k = 0; k < d; k++) {
+                const __m512i kk = _mm512_set1_epi16((int16_t)k);
+                __m512i mag = _mm512_mask_blend_epi16(_mm512_cmpeq_epi16_mask(ni, kk), n1, n2);
+                uint32_t neg = par ^ tsg[k];
+                sgn[a + k] = neg;
+                __m512i o = _mm512_mask_sub_epi16(mag, neg, zero, mag);
+                _mm512_store_si512((void *)(post + (int64_t)vs[k] * WS),
+                                   _mm512_adds_epi16(_mm512_load_si512((const void *)(tmp + k * WS)), o));
+            }
+        }
+    }
+}
+#endif
+
+static int use_simd_bw(void)
+{
+#if LDPC_HAVE_AVX512
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
+
+PyDoc_STRVAR(decode_many_ms_doc,
+"decode_many_ms(check_ptr, edge_var, llr, syndromes, max_iterations, words, iterations, converged, simd,\n"
+"               alpha_q15, beta, stall, self_correct[, state, warm]) -> kernel name\n\n"
+"Layered normalised/offset min-sum on int16 messages, F frames of one code (arrays as decode_many).\n"
+"simd: 1 = 32-frame AVX-512BW kernel where the CPU has it (bit-identical to the scalar kernel).\n"
+"alpha_q15: normalisation factor * 32768 (1..32767); beta: offset in quantised units (LLR * 16);\n"
+"stall: give a frame up after this many iterations without a new minimum of unsatisfied checks (0: off).\n"
+"self_correct: erase variable-to-check messages whose sign flipped (self-corrected min-sum, Savin 2008).\n"
+"state: optional writable int16 (F*E,) check-to-variable messages (blind rounds), as decode_many.");
+
+static PyObject *py_decode_many_ms(PyObject *self, PyObject *args)
+{
+    PyObject *o[8];
+    PyObject *o_state = Py_None;
+    long max_iter;
+    int simd, alpha, beta, stall, scms, warm = 0;
+    if (!PyArg_ParseTuple(args, "OOOOlOOOpiiip|Op", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6],
+                          &simd, &alpha, &beta, &stall, &scms, &o_state, &warm))
+        return NULL;
+    Py_buffer bst;
+    int have_state = 0;
+    static const Py_ssize_t isz[7] = {8, 4, 8, 1, 1, 8, 1};
+    static const int wr[7] = {0, 0, 0, 0, 1, 1, 1};
+    static const char *names[7] = {"check_ptr", "edge_var", "llr", "syndromes", "words", "iterations", "converged"};
+    Py_buffer b[7];
+    int got = 0;
+    PyObject *res = NULL;
+    int16_t *post = NULL, *m1s = NULL, *m2s = NULL, *ixs = NULL, *tmp = NULL;
+    void *sgn = NULL, *tsg = NULL;
+    uint32_t *synm = NULL, *sgn32 = NULL, *tsg32 = NULL, *psg32 = NULL, *pnz32 = NULL;
+    uint8_t *pmem = NULL;
+    for (; got < 7; got++)
+        if (get_buf(o[got], &b[got], wr[got], isz[got], names[got]) < 0) goto done;
+    const int64_t *ptr = (const int64_t *)b[0].buf;
+    const int32_t *ev = (const int32_t *)b[1].buf;
+    int64_t m = b[0].len / 8 - 1, F = b[5].len / 8;
+    int64_t n = F > 0 ? b[2].len / 8 / F : 0;
+    if (m < 1 || F < 1 || n < 1 || b[2].len != 8 * F * n || b[3].len != F * m || b[4].len != F * n ||
+        b[6].len != F || max_iter < 0 || ptr[0] != 0 || ptr[m] != b[1].len / 4) {
+        PyErr_SetString(PyExc_ValueError, "decode_many_ms: inconsistent array sizes");
+        goto done;
+    }
+    if (alpha < 1 || alpha > 32767 || beta < 0 || beta > MS_VMAX || stall < 0) {
+        PyErr_SetString(PyExc_ValueError, "decode_many_ms: alpha_q15 must be in [1, 32767], beta in [0, 4095], stall >= 0");
+        goto done;
+    }
+    int dmax = 0;
+    for (int64_t c = 0; c < m; c++) {
+        int64_t d = ptr[c + 1] - ptr[c];
+        if (d < 0 || d > 32767) { PyErr_SetString(PyExc_ValueError, "decode_many_ms: bad check degree"); goto done; }
+        if (d > dmax) dmax = (int)d;
+    }
+    for (int64_t e = 0; e < ptr[m]; e++)
+        if (ev[e] < 0 || ev[e] >= n) { PyErr_SetString(PyExc_ValueError, "decode_many_ms: edge_var out of range"); goto done; }
+    const double *llr = (const double *)b[2].buf;
+    const uint8_t *syn = (const uint8_t *)b[3].buf;
+    uint8_t *words = (uint8_t *)b[4].buf, *oks = (uint8_t *)b[6].buf;
+    int64_t *iters = (int64_t *)b[5].buf;
+    if (o_state != Py_None) {
+        if (get_buf(o_state, &bst, 1, 2, "state") < 0) goto done;
+        have_state = 1;
+        if (bst.len != 2 * F * ptr[m]) {
+            PyErr_SetString(PyExc_ValueError, "decode_many_ms: state must hold F * n_edges int16 messages");
+            goto done;
+        }
+    }
+    int16_t *state = have_state ? (int16_t *)bst.buf : NULL;
+    int vec = simd && use_simd_bw();
+    size_t lanes = vec ? 32 : 1;
+    int64_t ne = ptr[m] > 0 ? ptr[m] : 1;
+    post = (int16_t *)alloc64((size_t)n * lanes * 2);
+    m1s = (int16_t *)alloc64((size_t)m * lanes * 2);
+    m2s = (int16_t *)alloc64((size_t)m * lanes * 2);
+    ixs = (int16_t *)alloc64((size_t)m * lanes * 2);
+    tmp = (int16_t *)alloc64((size_t)(dmax + 1) * lanes * 2);
+    sgn = alloc64((size_t)ne);                         /* scalar kernel: one byte per edge */
+    tsg = alloc64((size_t)(dmax + 1));
+    sgn32 = vec ? (uint32_t *)alloc64((size_t)ne * 4) : NULL;   /* SIMD kernel: one bit per edge and lane */
+    tsg32 = vec ? (uint32_t *)alloc64((size_t)(dmax + 1) * 4) : NULL;
+    synm = vec ? (uint32_t *)alloc64((size_t)m * 4) : NULL;
+    psg32 = vec ? (uint32_t *)alloc64((size_t)ne * 4) : NULL;
+    pnz32 = vec ? (uint32_t *)alloc64((size_t)ne * 4) : NULL;
+    pmem = (uint8_t *)alloc64((size_t)ne);
+    if (!post || !m1s || !m2s || !ixs || !tmp || !sgn || !tsg || !pmem ||
+        (vec && (!synm || !sgn32 || !tsg32 || !psg32 || !pnz32))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    int64_t f_scalar = 0;
+#if LDPC_HAVE_AVX512
+    if (vec) {
+        /* a last group of a few frames runs faster frame by frame (a 32-lane pass costs ~ 8 scalar ones) */
+        int64_t full = F / WS * WS, rest = F - full;
+        f_scalar = rest <= 2 * SCALAR_TAIL / 3 ? full : F;
+        for (int64_t f0 = 0; f0 < f_scalar; f0 += WS)
+            ms_group32(ptr, ev, m, n, llr, syn, f0, (int)(F - f0 < WS ? F - f0 : WS), max_iter, words, iters, oks,
+                       post, m1s, m2s, ixs, sgn32, psg32, pnz32, tmp, tsg32, synm, alpha, beta, stall, scms,
+                       state, warm);
+    }
+#endif
+    for (int64_t f = f_scalar; f < F; f++) {
+        int ok = 0;
+        iters[f] = ms_frame(ptr, ev, m, n, llr + f * n, syn + f * m, max_iter, words + f * n, post, m1s, m2s, ixs,
+                            (uint8_t *)sgn, pmem, tmp, (uint8_t *)tsg, &ok, alpha, beta, stall, scms,
+                            state ? state + f * ptr[m] : NULL, state ? warm : 0);
+        oks[f] = (uint8_t)ok;
+    }
+    Py_END_ALLOW_THREADS
+    res = PyUnicode_FromString(vec ? "avx512bw-minsum-x32" : "scalar-minsum");
+done:
+    free(post); free(m1s); free(m2s); free(ixs); free(tmp); free(sgn); free(tsg); free(synm); free(sgn32); free(tsg32); free(psg32); free(pnz32); free(pmem);
+    if (have_state) PyBuffer_Release(&bst);
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return res;
+}
+
+/* ------------------------------------------------------------------------------ PEG graph construction
+ * Progressive edge growth (X.-Y. Hu, E. Eleftheriou, D. M. Arnold, "Regular and irregular progressive
+ * edge-growth Tanner graphs", IEEE Trans. Inf. Theory 51(1), 386 (2005)): variables in the given order (ascending
+ * degree), each edge in turn; the first edge of a variable goes to a check of lowest current degree, every later
+ * one to a check outside the variable's depth-l neighbourhood (breadth-first over the graph built so far), the
+ * farthest level if every check is reached, lowest current degree among those, ties broken at random (xorshift
+ * seeded by the caller).  Check degrees therefore stay concentrated (a spread of 2-3 measured).
+ * Cost control (n = 1e5..1e6): the search stops expanding at `max_depth` levels or once it has visited more than
+ * `edge_budget` edges (the first level, i.e. local girth 6, is always completed), and then takes an unreached check
+ * of lowest degree (bucket array of checks by degree).
+ */
+typedef struct { uint64_t s; } peg_rng;
+static inline uint64_t peg_next(peg_rng *r) { r->s ^= r->s << 13; r->s ^= r->s >> 7; r->s ^= r->s << 17; return r->s; }
+
+PyDoc_STRVAR(peg_doc,
+"peg(var_degree, m, seed, max_depth, edge_budget, var_checks) -> max check degree\n\n"
+"var_degree: int32 (n,) in processing order; var_checks: writable int32 (sum of degrees,) receiving each\n"
+"variable's checks (variable-major).");
+
+static PyObject *py_peg(PyObject *self, PyObject *args)
+{
+    PyObject *o_deg, *o_out;
+    long long m_ll, seed, max_depth, budget;
+    if (!PyArg_ParseTuple(args, "OLLLLO", &o_deg, &m_ll, &seed, &max_depth, &budget, &o_out)) return NULL;
+    Py_buffer bd, bo;
+    if (get_buf(o_deg, &bd, 0, 4, "var_degree") < 0) return NULL;
+    if (get_buf(o_out, &bo, 1, 4, "var_checks") < 0) { PyBuffer_Release(&bd); return NULL; }
+    PyObject *res = NULL;
+    const int32_t *deg = (const int32_t *)bd.buf;
+    int32_t *out = (int32_t *)bo.buf;
+    int64_t n = bd.len / 4, m = m_ll, E = 0;
+    int32_t *cdeg = NULL, *cadj = NULL, *order = NULL, *pos = NULL, *bstart = NULL, *stamp = NULL, *frontier = NULL,
+            *next = NULL, *vptr32 = NULL;
+    int64_t *vptr = NULL;
+    for (int64_t v = 0; v < n; v++) {
+        if (deg[v] < 1 || deg[v] > m) { PyErr_SetString(PyExc_ValueError, "peg: variable degree out of range"); goto done; }
+        E += deg[v];
+    }
+    if (m < 2 || bo.len != 4 * E) { PyErr_SetString(PyExc_ValueError, "peg: inconsistent sizes"); goto done; }
+    int64_t cap = E / m + 16;                     /* check degrees stay within one of E/m (lowest-degree rule) */
+    cdeg = calloc((size_t)m, 4); cadj = malloc((size_t)(m * cap) * 4); order = malloc((size_t)m * 4);
+    pos = malloc((size_t)m * 4); bstart = calloc((size_t)(cap + 2), 4); stamp = calloc((size_t)m, 4);
+    frontier = malloc((size_t)m * 4); next = malloc((size_t)m * 4); vptr = malloc((size_t)(n + 1) * 8);
+    (void)vptr32;
+    if (!cdeg || !cadj || !order || !pos || !bstart || !stamp || !frontier || !next || !vptr) { PyErr_NoMemory(); goto done; }
+    vptr[0] = 0;
+    for (int64_t v = 0; v < n; v++) vptr[v + 1] = vptr[v] + deg[v];
+    int32_t maxdeg = 0;
+    int fail = 0;
+    Py_BEGIN_ALLOW_THREADS
+    peg_rng R = {(uint64_t)seed * 0x9E3779B97F4A7C15ull + 0x1234567ull};
+    for (int i = 0; i < 8; i++) peg_next(&R);
+    /* bucket array: order[] holds checks sorted by current degree; bstart[d] = first index of degree d */
+    for (int64_t c = 0; c < m; c++) { order[c] = (int32_t)c; pos[c] = (int32_t)c; }
+    for (int64_t c = m - 1; c > 0; c--) {        /* random initial order: random tie-breaks by scan start */
+        int64_t j = (int64_t)(peg_next(&R) % (uint64_t)(c + 1));
+        int32_t t = order[c]; order[c] = order[j]; order[j] = t;
+    }
+    for (int64_t c = 0; c < m; c++) pos[order[c]] = (int32_t)c;
+    for (int64_t d = 0; d <= cap + 1; d++) bstart[d] = d == 0 ? 0 : (int32_t)m;
+    int32_t cur = 0;                              /* stamp generation */
+    for (int64_t v = 0; v < n && !fail; v++) {
+        int32_t *vc = out + vptr[v];
+        for (int j = 0; j < deg[v]; j++) {
+            cur++;
+            int64_t nf = 0, reached = 0, visited_edges = 0;
+            for (int k = 0; k < j; k++)
+                if (stamp[vc[k]] != cur) { stamp[vc[k]] = cur; frontier[nf++] = vc[k]; reached++; }
+            int use_frontier = 0;                 /* 1: choose among frontier[] (the farthest level) */
+            if (j > 0) {
+                for (long depth = 0; depth < max_depth && (depth == 0 || visited_edges <= budget); depth++) {
+                    int64_t nn = 0;
+                    /* the first level is always complete (no 4-cycle where one can be avoided); deeper levels
+                     * stop mid-level once the budget is spent */
+                    for (int64_t i = 0; i < nf && (depth == 0 || visited_edges <= budget); i++) {
+                        int32_t c = frontier[i];
+                        const int32_t *cv = cadj + (int64_t)c * cap;
+                        for (int32_t a = 0; a < cdeg[c]; a++) {
+                            int32_t u = cv[a];
+                            if (u == (int32_t)v) continue;
+                            const int32_t *uc = out + vptr[u];
+                            int32_t du = u < v ? deg[u] : 0;     /* only variables already placed */
+                            visited_edges += du;
+                            for (int32_t b = 0; b < du; b++)
+                                if (stamp[uc[b]] != cur) { stamp[uc[b]] = cur; next[nn++] = uc[b]; }
+                        }
+                    }
+                    if (nn == 0) break;                           /* tree stopped growing */
+                    if (reached + nn >= m) {                      /* all reached: take the farthest level */
+                        memcpy(frontier, next, (size_t)nn * 4);
+                        nf = nn;
+                        use_frontier = 1;
+                        break;
+                    }
+                    reached += nn;
+                    memcpy(frontier, next, (size_t)nn * 4);
+                    nf = nn;
+                }
+            }
+            int32_t pick = -1;
+            if (use_frontier) {
+                int32_t best = INT32_MAX; uint64_t ties = 0;
+                for (int64_t i = 0; i < nf; i++) {
+                    int32_t c = frontier[i];
+                    if (cdeg[c] < best) { best = cdeg[c]; pick = c; ties = 1; }
+                    else if (cdeg[c] == best && peg_next(&R) % ++ties == 0) pick = c;
+                }
+            } else {
+                /* lowest-degree unreached check: scan buckets from the lowest, each from a random start */
+                for (int32_t d = 0; d <= cap && pick < 0; d++) {
+                    int32_t lo = bstart[d], hi = bstart[d + 1];
+                    if (hi <= lo) continue;
+                    int32_t len = hi - lo, s0 = (int32_t)(peg_next(&R) % (uint64_t)len);
+                    for (int32_t i = 0; i < len; i++) {
+                        int32_t c = order[lo + (s0 + i) % len];
+                        if (stamp[c] != cur) { pick = c; break; }
+                    }
+                }
+            }
+            if (pick < 0 || cdeg[pick] >= cap) { fail = 1; break; }
+            /* add the edge; move pick from bucket d to d+1 (swap with the bucket's last element) */
+            int32_t d = cdeg[pick], last = bstart[d + 1] - 1, pp = pos[pick], other = order[last];
+            order[last] = pick; pos[pick] = last; order[pp] = other; pos[other] = pp;
+            bstart[d + 1]--;
+            cadj[(int64_t)pick * cap + cdeg[pick]] = (int32_t)v;
+            cdeg[pick]++;
+            if (cdeg[pick] > maxdeg) maxdeg = cdeg[pick];
+            vc[j] = pick;
+            stamp[pick] = cur;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (fail) PyErr_SetString(PyExc_RuntimeError, "peg: no admissible check (degree cap)");
+    else res = PyLong_FromLong(maxdeg);
+done:
+    free(cdeg); free(cadj); free(order); free(pos); free(bstart); free(stamp); free(frontier); free(next); free(vptr);
+    PyBuffer_Release(&bd); PyBuffer_Release(&bo);
+    return res;
+}
+
 PyDoc_STRVAR(phi_doc, "phi(x) -> float: the decoder's table value of -ln tanh(x/2) (for tests).");
 
 static PyObject *py_phi_poly(PyObject *self, PyObject *arg)
@@ -513,6 +1048,8 @@ static PyObject *py_phi(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, decode_doc},
     {"decode_many", py_decode_many, METH_VARARGS, decode_many_doc},
+    {"decode_many_ms", py_decode_many_ms, METH_VARARGS, decode_many_ms_doc},
+    {"peg", py_peg, METH_VARARGS, peg_doc},
     {"phi", py_phi, METH_O, phi_doc},
     {"phi_poly", py_phi_poly, METH_O, "phi_poly(x) -> float: the SIMD kernel's per-octave quartic phi (for tests)."},
     {NULL, NULL, 0, NULL},
@@ -530,5 +1067,7 @@ PyMODINIT_FUNC PyInit__ldpc(void)
     if (!mod) return NULL;
     PyModule_AddIntConstant(mod, "PHI_MANTISSA_BITS", PHI_MANT);
     PyModule_AddIntConstant(mod, "HAVE_SIMD", use_simd());
+    PyModule_AddIntConstant(mod, "HAVE_SIMD_MINSUM", use_simd_bw());
+    PyModule_AddIntConstant(mod, "MINSUM_LLR_SCALE", (int)MS_SCALE);
     return mod;
 }
