@@ -459,3 +459,103 @@ def test_both_schedulers_run_chains_cycles_and_report_failures(tmp_path, ports, 
     r = NodeRunner(load_flowgraph(crash), "main").run(timeout_s=30)
     assert not r.ok and r.failure.block == "boom" and "deliberate failure" in r.failure.reason
     assert r.blocks["k"]["frames_in"] <= 7
+
+
+# ---- hot-path changes: exact in-node bound of the single-thread scheduler, part counts from peers ------------
+from qkdflow.runtime.block import DONE, Block, Stream  # noqa: E402  (blocks for the flowgraphs below)
+from qkdflow.runtime.params import Param  # noqa: E402
+
+
+class Burst(Block):
+    """A source returning its frames ``burst`` at a time (a list per ``work``): it outruns a one-frame sink."""
+
+    params = (Param("frames", int, 60), Param("burst", int, 3))
+    outputs = (Stream("out", np.int64),)
+    produced = 0
+
+    def start(self):
+        self.n = 0
+        Burst.produced = 0
+
+    def work(self, ins):
+        if self.n >= self.frames:
+            return DONE
+        out = []
+        for _ in range(min(self.burst, self.frames - self.n)):
+            out.append(Frame(self.n * 8, (self.n + 1) * 8, np.full(8, self.n, np.int64)))
+            self.n += 1
+        Burst.produced = self.n
+        return {"out": out}
+
+
+class LeadSink(Block):
+    """Records the frame numbers it gets and how far Burst (same process) ever got ahead of it."""
+
+    inputs = (Stream("in", np.int64),)
+
+    def start(self):
+        self.got, self.max_lead = [], 0
+
+    def work(self, ins):
+        f = ins["in"]
+        self.got.append(int(f.data[0]))
+        self.max_lead = max(self.max_lead, Burst.produced - len(self.got))
+
+    def report(self):
+        return {"max_lead": self.max_lead, "got": self.got}
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "single"])
+def test_in_node_edge_stays_bounded_when_the_producer_outruns_the_consumer(tmp_path, scheduler):
+    # The single-thread scheduler bounds an edge inside a node itself (sndhwm + rcvhwm frames in flight), not
+    # ZeroMQ; a source making 3 frames per step for a sink taking 1 would otherwise run ~2/3 of the stream ahead.
+    path = write(tmp_path, f"""\
+        nodes: {{main: {{scheduler: {scheduler}}}}}
+        blocks:
+          b: {{type: test_runtime:Burst, frames: 90, burst: 3}}
+          k: {{type: test_runtime:LeadSink}}
+        connections: [[b.out, k.in, {{queue_frames: 2}}]]
+        """)
+    res = NodeRunner(load_flowgraph(path), "main").run(timeout_s=60)
+    assert res.ok, res.failure
+    rep = res.blocks["k"]
+    assert rep["got"] == list(range(90))  # all, in order, nothing dropped
+    # in flight on the edge (2 + 2) + a burst not yet sent (3) + the frame the sink is handed
+    assert rep["max_lead"] <= 2 * 2 + 3 + 1, rep["max_lead"]
+    assert res.blocks["b"]["frames_out"] == 90 and rep["frames_in"] == 90
+
+
+def test_peer_data_frames_with_wrong_part_counts_or_sizes_are_errors(tmp_path):
+    ctx = zmq.Context()
+    addr = f"ipc://{tmp_path}/edge"  # an edge from another process: its part counts are checked
+    rx = EdgeReceiver(ctx, addr, True, 10, np.dtype(np.int32), "p->q")
+    rx.sock.setsockopt(zmq.RCVTIMEO, 10000)  # a bug here fails the test instead of hanging it
+    raw = ctx.socket(zmq.PUSH)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(addr)
+
+    def head(seq, start=0, stop=2):
+        return wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.DATA, 0, seq, start, stop)
+
+    small = np.arange(2, dtype=np.int32)
+    big = np.arange(1 << 18, dtype=np.int32)  # 1 MiB: received zero-copy
+    raw.send_multipart([head(0), small])
+    kind, f = rx.recv()
+    assert kind == wire.DATA and f.data.tolist() == [0, 1] and (f.start, f.stop) == (0, 2)
+    raw.send_multipart([head(1, 2, 2 + big.size), big])
+    assert np.array_equal(rx.recv()[1].data, big)
+    raw.send_multipart([head(2), big, b"extra"])
+    with pytest.raises(wire.WireError, match=r"edge p->q: data frame with 3 parts"):
+        rx.recv()
+    raw.send_multipart([head(2), small, b"extra", b"more"])  # the rest of the bad message was not left behind
+    with pytest.raises(wire.WireError, match="data frame with 4 parts"):
+        rx.recv()
+    raw.send_multipart([head(2)])
+    with pytest.raises(wire.WireError, match="data frame with 1 parts"):
+        rx.recv()
+    raw.send_multipart([head(3), b"abc"])
+    with pytest.raises(wire.WireError, match="payload of 3 bytes is not a whole number of 4-byte items"):
+        rx.recv()
+    raw.close()
+    rx.close()
+    ctx.term()

@@ -4,7 +4,8 @@
 1. Throughput of 1 MiB frames between two node processes (ipc and tcp loopback), as a ratio to a
    bare pyzmq PUSH/PULL pair of processes moving the same bytes, measured in the same command: whole
    process (includes starting three Python processes against two) and steady state (the receiving side's
-   time from its start to its last frame: the sink block's run_s, the bare receiver's loop).
+   time from its start to its last frame: the sink block's run_s, the bare receiver's loop); and the fixed cost
+   (whole process, one frame), where start-up and shutdown show alone. Both sides get the same environment.
 2. Per-frame runtime overhead: small frames through an in-process chain of 5 copy blocks, minus
    the same graph with no copy block, per frame per block (µs), for each scheduler (threads, single).
 3. Peak RSS of a node whose sink is 10x slower than its source, for a short and a 10x longer run
@@ -71,10 +72,10 @@ def timed(cmds: list[list[str]], env=None, keep: list | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def bare_pair(addr: str, n: int, size: int, steady: list) -> float:
+def bare_pair(addr: str, n: int, size: int, steady: list, env=None) -> float:
     outs: list = []
     t = timed([[PY, "-c", BARE, "rx", addr, str(n), str(size)], [PY, "-c", BARE, "tx", addr, str(n), str(size)]],
-              keep=outs)
+              env, keep=outs)
     steady.append(float(outs[0].split()[-1]))
     return t
 
@@ -103,31 +104,39 @@ def main() -> None:
 
     # 1. two node processes, 1 MiB frames
     for transport in ("ipc", "tcp") if args.only in (None, "throughput") else ():
-        bare, ours, bare_steady, ours_steady = [], [], [], []
+        bare, ours, bare_steady, ours_steady, bare_one, ours_one = [], [], [], [], [], []
         for _ in range(args.runs):
             if transport == "tcp":
                 addr, node = f"tcp://127.0.0.1:{free_port()}", f"{{port: {free_port()}}}"
             else:
                 addr, node = f"ipc://{tmp}/bare", f"{{transport: ipc, ipc_dir: {tmp}}}"
-            bare.append(bare_pair(addr, n, size, bare_steady))
-            fg = flowgraph(f"{tmp}/two.yaml", f"""\
-                flowgraph: bench2
-                nodes: {{aau: {{}}, du: {node}}}
-                blocks:
-                  src: {{type: slot_source, node: aau, frames: {n}, slots_per_frame: {size}, dtype: uint8, pattern: zeros}}
-                  sink: {{type: null_sink, node: du}}
-                connections: [[src.out, sink.in]]
-                """)
-            outs: list = []
-            ours.append(timed([qkdflow(["run", fg, "-q", "--json"])], env, keep=outs))
-            ours_steady.append(json.loads(outs[0].strip().splitlines()[-1])["nodes"]["du"]["sink"]["run_s"])
+            bare.append(bare_pair(addr, n, size, bare_steady, env))
+            for frames in (n, 1):
+                fg = flowgraph(f"{tmp}/two.yaml", f"""\
+                    flowgraph: bench2
+                    nodes: {{aau: {{}}, du: {node}}}
+                    blocks:
+                      src: {{type: slot_source, node: aau, frames: {frames}, slots_per_frame: {size}, dtype: uint8, pattern: zeros}}
+                      sink: {{type: null_sink, node: du}}
+                    connections: [[src.out, sink.in]]
+                    """)
+                outs: list = []
+                t = timed([qkdflow(["run", fg, "-q", "--json"])], env, keep=outs)
+                if frames == 1:
+                    ours_one.append(t)
+                    continue
+                ours.append(t)
+                ours_steady.append(json.loads(outs[0].strip().splitlines()[-1])["nodes"]["du"]["sink"]["run_s"])
+            bare_one.append(bare_pair(addr, 1, size, [], env))
         mb = n * size / 1e6
         b, o = statistics.median(bare), statistics.median(ours)
         bs, os_ = statistics.median(bare_steady), statistics.median(ours_steady)
         results[f"two_process_{transport}"] = {
             "whole_process": {"bare_MBps": round(mb / b), "qkdflow_MBps": round(mb / o), "ratio": round(b / o, 3)},
             "steady_state": {"bare_MBps": round(mb / bs), "qkdflow_MBps": round(mb / os_),
-                             "ratio": round(bs / os_, 3)}}
+                             "ratio": round(bs / os_, 3)},
+            "one_frame_s": {"bare": round(statistics.median(bare_one), 3),
+                            "qkdflow": round(statistics.median(ours_one), 3)}}
 
     # 2. per-frame overhead, 5 copy blocks vs none
     def chain(k: int, scheduler: str) -> str:

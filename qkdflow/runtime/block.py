@@ -220,12 +220,18 @@ class Block:
             raise BlockError("emit() called outside a running flowgraph")
         self._emit(port, msg)
 
-    def replenish_authentication(self, key_bits: np.ndarray) -> None:
-        """Feed new key to the Wegman–Carter pools of this node's authenticated edges.
+    def replenish_authentication(self, key_bits: np.ndarray, entry_id: str | None = None, send: bool = True) -> None:
+        """Feed new key to this node's Wegman–Carter key pool (``runtime.auth``), as entry ``entry_id``.
 
-        Call it with the same bits, in the same order, at both ends (see ``runtime.auth``)."""
+        ``send=False``: the peer may not hold this entry yet, so this end only verifies with it until
+        ``authorize_authentication(entry_id)``."""
         if getattr(self, "_replenish", None) is not None:
-            self._replenish(key_bits)
+            self._replenish(key_bits, entry_id=entry_id, send=send)
+
+    def authorize_authentication(self, entry_id: str) -> None:
+        """The peer now holds entry ``entry_id`` too: this end may tag with it."""
+        if getattr(self, "_authorize", None) is not None:
+            self._authorize(entry_id)
 
     def count(self, name: str, n: float = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

@@ -18,7 +18,7 @@ import sys
 import time
 
 from .graph import FlowgraphError, builtin_blocks, load_flowgraph
-from .launcher import STATUS, SUMMARY, run_nodes, watch_parent
+from .launcher import STATUS, SUMMARY, derive_seeds, restart_number, run_nodes, supervise, watch_parent
 
 EXTRA_COMMANDS: dict = {}  # name -> (add_arguments(parser), main(args) -> int); filled by other modules
 
@@ -70,12 +70,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.child:
         watch_parent()
     nodes = [args.node] if args.node else list(graph.nodes)
-    if len(nodes) == 1:
+    if args.restart and not args.node:
+        _err("--restart needs --node: each host supervises its own node")
+        return 2
+    if len(nodes) == 1 and not args.restart:
         return _run_one(graph, nodes[0], args)
     progress = Progress(sys.stderr.isatty() and not args.quiet)
     t0 = time.perf_counter()
-    ok, summaries, failures = run_nodes(args.flowgraph, nodes, args.param or [], progress, args.timeout,
-                                        ["--quiet"] if args.quiet else [])
+    extra = ["--quiet"] if args.quiet else []
+    if args.restart:
+        ok, summaries, failures = supervise(args.flowgraph, args.node, args.param or [], args.restart,
+                                            args.restart_delay, progress, args.timeout, extra)
+    else:
+        ok, summaries, failures = run_nodes(args.flowgraph, nodes, args.param or [], progress, args.timeout, extra)
     progress.done()
     wall = time.perf_counter() - t0
     for f in failures:
@@ -89,6 +96,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_one(graph, node: str, args: argparse.Namespace) -> int:
     from .scheduler import NodeRunner
 
+    restart = restart_number()
+    if args.child and restart:
+        changed = derive_seeds(graph, restart, node)
+        if changed:
+            print(f"[{node}:supervisor] restart {restart}: seeds of {', '.join(changed)} derived from (seed, {restart})",
+                  file=sys.stderr, flush=True)
     if args.child:
         status = lambda s: print(STATUS + json.dumps(s, default=str), flush=True)  # noqa: E731
         signal.signal(signal.SIGTERM, lambda *_: runner.fail(_stopped(node)))
@@ -175,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop the run after this many seconds (an error)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failing blocks")
+    p.add_argument("--restart", type=int, default=0, metavar="N",
+                   help="with --node: start the node again after a failure (a killed peer, a crash), up to N times")
+    p.add_argument("--restart-delay", type=float, default=1.0, metavar="S", help="seconds between restarts (1)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
@@ -211,8 +227,15 @@ def _register_extras() -> None:
         EXTRA_COMMANDS[m.COMMAND] = (m.add_arguments, m.main)
 
 
+BUILTIN_COMMANDS = ("run", "check", "blocks", "graph")
+
+
 def main(argv: list[str] | None = None) -> int:
-    _register_extras()
+    argv = sys.argv[1:] if argv is None else argv
+    # The extra commands' modules (kms: http.server, ssl, sqlite) cost ~70 ms per process; `run` starts one
+    # process per node, so load them only when the command line may name one (or asks for the full --help).
+    if not argv or argv[0] not in BUILTIN_COMMANDS:
+        _register_extras()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

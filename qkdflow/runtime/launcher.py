@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 STATUS = "QKDFLOW-STATUS "
 SUMMARY = "QKDFLOW-SUMMARY "
 
@@ -119,3 +121,59 @@ def watch_parent() -> None:
                 os._exit(3)
 
     threading.Thread(target=loop, daemon=True).start()
+
+
+RESTART_ENV = "QKDFLOW_RESTART"
+
+
+def restart_number() -> int:
+    """Which restart of a supervised node this process is (0: the first start)."""
+    try:
+        return max(0, int(os.environ.get(RESTART_ENV, "0")))
+    except ValueError:
+        return 0
+
+
+def derive_seeds(graph, restart: int, node: str | None = None) -> list[str]:
+    """Restart ``n > 0`` of a node draws its blocks' randomness from (seed, n), not from the seed alone.
+
+    A simulated AAU restarted with its fixed ``seed`` would prepare the same pulses again and distil the same key
+    bits under new block ids; a real AAU takes its choices from a physical random source and never repeats. Runs
+    stay reproducible: restart ``n`` of a flowgraph always gets the same derived seeds. Returns the changed blocks.
+    """
+    changed = []
+    if restart <= 0:
+        return changed
+    for name, spec in graph.blocks.items():
+        if node is not None and spec.node != node:
+            continue
+        seed = spec.params.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            mixed = np.random.SeedSequence([seed, restart]).generate_state(1)[0]
+            spec.params["seed"] = int(mixed) & 0x7FFFFFFF
+            changed.append(name)
+    return changed
+
+
+def supervise(path: str, node: str, overrides: list[str], restarts: int, delay_s: float, progress,
+              timeout_s: float | None = None, extra_args: list[str] = ()) -> tuple[bool, dict, list[str]]:
+    """Run one node as a child process and start it again (up to ``restarts`` times) whenever it fails.
+
+    The node's key store, authentication state and the peer's start-up reconciliation make a restart safe; the
+    restarted child learns its restart number from ``QKDFLOW_RESTART`` (``derive_seeds``). A child that ends
+    cleanly (its sources finished) ends the supervision.
+    """
+    n = 0
+    while True:
+        os.environ[RESTART_ENV] = str(n)
+        t0 = time.monotonic()
+        ok, summaries, failures = run_nodes(path, [node], overrides, progress, timeout_s, extra_args)
+        if ok or n >= restarts or "interrupted" in failures:
+            return ok, summaries, failures
+        n += 1
+        print(f"[{node}:supervisor] {'; '.join(failures)} after {time.monotonic() - t0:.1f} s; "
+              f"restart {n} of {restarts} in {delay_s:g} s", file=sys.stderr, flush=True)
+        try:
+            time.sleep(delay_s)
+        except KeyboardInterrupt:
+            return False, summaries, failures + ["interrupted"]

@@ -4,14 +4,17 @@ Same edges (one ZeroMQ socket per edge), same semantics as the thread-per-block 
 slot range, messages handled as they arrive, explicit end of stream, ``finished()`` for protocol blocks — but no
 thread hand-offs or GIL contention: receives and sends never wait. A block whose output queue is full keeps its
 parts pending and is not stepped again until they leave (backpressure); when no block can make progress the
-thread polls every socket it waits on. Good for chains of light blocks; a node whose blocks do heavy numpy work
-on two cores may prefer the default threads.
+thread polls every socket it waits on. An edge inside the node is bounded here, exactly, at ZeroMQ's
+``sndhwm + rcvhwm`` (2 × ``queue_frames``) frames in flight, from the two ends' part counters: libzmq itself
+would let a sender see its inproc peer's reads only about once a millisecond. Good for chains of light blocks;
+a node whose blocks do heavy numpy work on two cores may prefer the default threads.
 """
 from __future__ import annotations
 
 import time
 import traceback
 from collections import deque
+from time import perf_counter
 
 import zmq
 
@@ -42,6 +45,13 @@ class CoopBlock:
         self.streams_over = self.msg_eos_sent = self.done = self.started = False
         self.t_run = 0.0
         self.local_senders: dict[int, EdgeSender] = {}  # in-edge index -> its sender, for edges inside the node
+        self.inputs: list[tuple] = []  # per in-edge (receiver, its stream queue or None, local sender or None, edge)
+        stream_queues = list(self.queues.items())
+        self.single_input = stream_queues[0] if len(stream_queues) == 1 else None  # (port, queue): the common case
+        self.out_ports = {p.name for p in block.outputs}
+        self.inside_edge_of: dict[EdgeSender, object] = {}  # senders on inproc edges -> their edge
+        # sender -> (its receiver, in-flight limit) for edges inside the node: ZeroMQ's sndhwm + rcvhwm, kept here
+        self.bounded: dict[EdgeSender, tuple[EdgeReceiver, int]] = {}
 
     # ---- set-up ----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -53,9 +63,21 @@ class CoopBlock:
     def connect(self) -> None:
         n = self.node
         for e in self.out_edges:
+            # An edge inside the node is bounded by this scheduler, exactly (``flush``), not by ZeroMQ: a sender
+            # learns of its inproc peer's reads only when it processes commands, which libzmq throttles to about
+            # once a millisecond, so a fast chain would stall (and raise zmq.Again) on a queue that is not full.
+            inside = e.connect.startswith("inproc://")
             s = EdgeSender(n.ctx, e.connect, False, e.queue_frames, n.stop, with_dtype=e.dtype is None,
-                           label=e.label, auth=n.auth.by_edge.get(e.index), curve=n.curve.client(e))
+                           label=e.label, auth=n.auth.by_edge.get(e.index), curve=n.curve.client(e),
+                           sndhwm=0 if inside else None)
             self.senders.setdefault(e.src_port, []).append(s)
+            if inside:
+                self.inside_edge_of[s] = e
+
+    def prepare(self) -> None:
+        """Once every block of the node is connected: what ``step`` reads per frame, without dict look-ups."""
+        self.inputs = [(self.receivers[i], self.queues.get(e.dst_port) if e.kind == "stream" else None,
+                        self.local_senders.get(i), e) for i, e in self.by_edge.items()]
 
     def start(self) -> None:
         self.block._emit = self._emit
@@ -81,9 +103,24 @@ class CoopBlock:
             self.stats.messages_out += 1
 
     def _outputs(self, outs) -> None:
-        for senders, frame in output_frames(self.block, self.senders, outs, self.stats):
-            for s in senders:
-                self.pending.append((s, s.frame_parts(frame)))
+        if not outs:
+            return
+        st, pending = self.stats, self.pending
+        for port, frames in outs.items():
+            if type(frames) is not Frame:  # lists, None, wrong types: the shared checks
+                for senders, frame in output_frames(self.block, self.senders, {port: frames}, st):
+                    for s in senders:
+                        pending.append((s, s.frame_parts(frame)))
+                continue
+            ss = self.senders.get(port)  # one frame on a port: the hot path, same checks inline
+            if ss is None:
+                if port not in self.out_ports:
+                    raise BlockError(f"work returned a frame for unknown output port {port!r}")
+            else:
+                for s in ss:
+                    pending.append((s, s.frame_parts(frames)))
+            st.frames_out += 1
+            st.items_out += len(frames.data)
 
     def _eos(self, message_ports: bool) -> None:
         ports = self.block.message_outputs() if message_ports else self.block.stream_outputs()
@@ -93,11 +130,16 @@ class CoopBlock:
 
     def flush(self) -> bool:
         moved = False
-        while self.pending:
-            s, parts = self.pending[0]
+        pending, bounded = self.pending, self.bounded
+        while pending:
+            s, parts = pending[0]
+            b = bounded.get(s)
+            if b is not None:
+                if s.sent - b[0].expect >= b[1]:  # the edge inside the node is full: its consumer must step first
+                    return moved
             if not s.try_send(parts):
                 return moved
-            self.pending.popleft()
+            pending.popleft()
             moved = True
         return moved
 
@@ -105,34 +147,56 @@ class CoopBlock:
     def step(self) -> bool:
         """Do whatever can be done now without waiting; return whether anything happened."""
         blk, st = self.block, self.stats
-        progressed = self.flush()
+        progressed = False
         if self.pending:
-            return progressed
-        for i, e in self.by_edge.items():  # take what has arrived (one frame per stream input at most)
-            r = self.receivers[i]
-            if r.ended or (e.kind == "stream" and self.queues.get(e.dst_port)):
+            progressed = self.flush()
+            if self.pending:
+                return progressed
+        for r, q, local, e in self.inputs:  # take what has arrived (one frame per stream input at most)
+            if r.ended or q:  # q: a stream input's queue (None on message edges), one frame at most
                 continue
-            local = self.local_senders.get(i)  # an edge inside this node: we know what its producer sent
-            if (r.expect >= local.sent) if local is not None else not r.ready():
+            if local is not None:  # an edge inside this node: we know what its producer sent
+                if r.expect >= local.sent:
+                    continue
+            elif not r.ready():
                 continue
             kind, obj = r.recv()
             progressed = True
-            deliver(blk, e, kind, obj, self.queues, st)  # EOS only marks the receiver ended
+            if kind == wire.DATA and q is not None:
+                q.append(obj)
+            else:
+                deliver(blk, e, kind, obj, self.queues, st)  # messages, checks; EOS only marks the receiver ended
         if self.pending:
             return True
         if self.source and not self.source_done:
-            t0 = time.perf_counter()
+            t0 = perf_counter()
             out = blk.work({})
-            st.work_s += time.perf_counter() - t0
+            st.work_s += perf_counter() - t0
             if out is DONE:
                 self.source_done = True
             elif out:
-                f = next((x for x in out.values() if isinstance(x, Frame)), None)
-                if f is not None:
-                    st.slots += f.slots
+                for f in out.values():
+                    if isinstance(f, Frame):
+                        st.slots += f.stop - f.start
+                        break
                 self._outputs(out)
             return True
-        if self.queues and all(self.queues.values()):
+        single = self.single_input
+        if single is not None:
+            q = single[1]
+            if q:  # work_aligned for one stream input, inline (nothing to align)
+                f = q.popleft()
+                st.frames_in += 1
+                st.slots += f.stop - f.start
+                t0 = perf_counter()
+                out = blk.work({single[0]: f})
+                st.work_s += perf_counter() - t0
+                if out is DONE:
+                    raise BlockError("work returned DONE, which only sources may do")
+                if out:
+                    self._outputs(out)
+                return True
+        elif self.queues and all(self.queues.values()):
             self._outputs(work_aligned(blk, self.queues, st))
             return True
         ended = {self.by_edge[i].dst_port for i, r in self.receivers.items()
@@ -165,7 +229,8 @@ class CoopBlock:
         if self.done:
             return []
         if self.pending:
-            return [(self.pending[0][0].sock, zmq.POLLOUT)]
+            s = self.pending[0][0]  # an edge inside the node frees up when its consumer steps: nothing to poll
+            return [] if s in self.bounded else [(s.sock, zmq.POLLOUT)]
         return [(self.receivers[i].sock, zmq.POLLIN) for i, e in self.by_edge.items()
                 if not self.receivers[i].ended and (e.kind == "message" or not self.queues.get(e.dst_port))]
 
@@ -182,23 +247,29 @@ def run_single(node, blocks: list[CoopBlock]) -> None:
                    for e, s in zip([e for e in b.out_edges if e.src_port == port], ss)}
         for b in blocks:
             b.local_senders = {i: senders[i] for i in b.by_edge if i in senders}
+            b.prepare()
+        receivers = {i: r for b in blocks for i, r in b.receivers.items()}
+        for b in blocks:
+            b.bounded = {s: (receivers[e.index], 2 * e.queue_frames) for s, e in b.inside_edge_of.items()}
         for b in blocks:
             current = b
             b.start()
-        while not node.stop.is_set():
-            live = [b for b in blocks if not b.done]
-            if not live:
-                return
+        live, stop = list(blocks), node.stop
+        while live and not stop.is_set():
             progressed = False
             for b in live:
                 current = b
-                progressed |= b.step()
-            if not progressed:
-                poller = zmq.Poller()
-                for b in live:
-                    for sock, ev in b.waits():
-                        poller.register(sock, ev)
-                poller.poll(POLL_MS)
+                if b.step():
+                    progressed = True
+            if progressed:
+                if any(b.done for b in live):  # (a block is done only in a step that progressed)
+                    live = [b for b in live if not b.done]
+                continue
+            poller = zmq.Poller()
+            for b in live:
+                for sock, ev in b.waits():
+                    poller.register(sock, ev)
+            poller.poll(POLL_MS)
     except (wire.WireError, AuthFailure, BlockError) as e:
         node.fail(NodeFailure(node.name, current.block.name if current else "-", str(e)))
     except zmq.ZMQError as e:

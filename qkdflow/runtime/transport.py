@@ -14,13 +14,15 @@ import threading
 import numpy as np
 import zmq
 
-from . import wire
+from . import liveness, wire
 from .block import Frame
 
 POLL_MS = 50
 # plain ints: pyzmq's enum flags cost microseconds per operation on the hot path
 _NOBLOCK, _SNDMORE, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 _RCVMORE = int(zmq.RCVMORE)
+_ZERO_COPY = wire.ZERO_COPY_BYTES
+RECONNECT_MS, RECONNECT_MAX_MS = 5, 25  # first retry of a refused connect, and the backoff's cap
 LINGER_MS = 30000  # how long an ending node waits for its last parts to reach a slow peer
 
 
@@ -32,16 +34,25 @@ class EdgeSender:
     """The producing end of one edge."""
 
     def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, stop: threading.Event,
-                 with_dtype: bool, label: str, auth=None, curve: tuple | None = None) -> None:
+                 with_dtype: bool, label: str, auth=None, curve: tuple | None = None,
+                 sndhwm: int | None = None) -> None:
         self.sock = ctx.socket(zmq.PUSH)
         if curve is not None:  # (own public, own secret, server public): CURVE client
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
-        self.sock.setsockopt(zmq.SNDHWM, queue_frames)
+        # sndhwm=0: no ZeroMQ limit, the caller bounds the edge itself (the single-thread scheduler's in-node edges)
+        self.sock.setsockopt(zmq.SNDHWM, queue_frames if sndhwm is None else sndhwm)
         # Queue only on a live connection (a connect-side PUSH would otherwise queue into a pipe to a peer that is
         # not there yet), and give queued parts time to leave when the node ends: the node terms its context.
         if not address.startswith("inproc://"):  # inproc peers are bound before anyone connects
             self.sock.setsockopt(zmq.IMMEDIATE, 1)
+            # a peer process still starting up: retry soon, then back off (ZeroMQ's fixed 100 ms costs up to
+            # 100 ms of every run whose receiving node binds a moment after the sender first tries)
+            self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+            self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
+        self.sock.setsockopt(zmq.SNDTIMEO, POLL_MS)  # blocking sends (``send_*``) wake to look at the stop flag
+        self.ended = False  # EOS built: a peer leaving after this is no loss (runtime.liveness)
+        liveness.attach(ctx, self, address)
         (self.sock.bind if bind else self.sock.connect)(address)
         self.seq = 0  # parts numbered so far
         self.sent = 0  # parts handed to ZeroMQ
@@ -55,15 +66,19 @@ class EdgeSender:
     # Parts are built (and numbered) first, then sent: blocking in a block thread (``send_*``), or
     # non-blocking by the single-thread scheduler (``*_parts`` + ``try_send``).
     def frame_parts(self, frame: Frame) -> list:
-        if not isinstance(frame.data, np.ndarray) or frame.data.ndim != 1:
+        data = frame.data
+        if not isinstance(data, np.ndarray) or data.ndim != 1:
             raise TypeError(f"frame data for {self.label} must be a 1-D numpy array")
-        self.bytes += frame.data.nbytes
-        return self._numbered(wire.encode_frame(self.seq, frame, self.with_dtype, self._dtype_cache))
+        parts = wire.encode_frame(self.seq, frame, self.with_dtype, self._dtype_cache)
+        self.seq += 1
+        self.bytes += data.nbytes
+        return parts
 
     def message_parts(self, msg: dict) -> list:
         return self._numbered(self._tagged(wire.encode_message(self.seq, msg)))
 
     def eos_parts(self) -> list:
+        self.ended = True
         return self._numbered(self._tagged(wire.encode_eos(self.seq)))
 
     def _numbered(self, parts: list) -> list:
@@ -72,25 +87,34 @@ class EdgeSender:
 
     def try_send(self, parts: list) -> bool:
         """Send without waiting; False when the queue is full (nothing sent)."""
-        big = len(parts) > 1 and any(getattr(p, "nbytes", 0) >= wire.ZERO_COPY_BYTES for p in parts[1:])
+        return self._put(parts, _NOBLOCK)
+
+    def _put(self, parts: list, flags: int) -> bool:
         # part by part with int flags (send_multipart's enum arithmetic costs more than the send); ZeroMQ checks
-        # the high-water mark on a message's first part only, so the rest cannot fail once it is accepted
+        # the high-water mark on a message's first part only, so the rest cannot fail once it is accepted.
+        # Zero-copy only for big buffers (pyzmq: copying is cheaper below ZERO_COPY_BYTES).
         send = self.sock.send
+        last = len(parts) - 1
         try:
-            send(parts[0], _NOBLOCK | _SNDMORE if len(parts) > 1 else _NOBLOCK, copy=True)
+            send(parts[0], flags | _SNDMORE if last else flags)
         except zmq.Again:
             return False
-        last = len(parts) - 1
-        for k in range(1, last + 1):
-            send(parts[k], _NOBLOCK | _SNDMORE if k < last else _NOBLOCK, copy=not big)
+        if last == 1:  # a data frame: header + payload
+            p = parts[1]
+            send(p, flags, copy=getattr(p, "nbytes", 0) < _ZERO_COPY)
+        else:
+            for k in range(1, last + 1):
+                p = parts[k]
+                send(p, flags | _SNDMORE if k < last else flags, copy=getattr(p, "nbytes", 0) < _ZERO_COPY)
         self.sent += 1
         return True
 
     def _send(self, parts: list) -> None:
-        while not self.try_send(parts):  # the common case sends at once, with no poll
-            while not self.sock.poll(POLL_MS, zmq.POLLOUT):
-                if self.stop.is_set():
-                    raise Stopped
+        # a blocking send (GIL released while ZeroMQ waits for room, no zmq.Again and poll per full queue) that
+        # gives up after SNDTIMEO = POLL_MS to look at the node's stop flag
+        while not self._put(parts, 0):
+            if self.stop.is_set():
+                raise Stopped
 
     def send_frame(self, frame: Frame) -> None:
         self._send(self.frame_parts(frame))
@@ -123,6 +147,9 @@ class EdgeReceiver:
             self.sock.curve_server = True
         self.sock.setsockopt(zmq.RCVHWM, queue_frames)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)  # a blocking ``recv`` raises zmq.Again after POLL_MS
+        self.label, self.ended = label, False
+        liveness.attach(ctx, self, address)
         (self.sock.bind if bind else self.sock.connect)(address)
         self.expect = 0
         self.dtype = dtype
@@ -130,6 +157,7 @@ class EdgeReceiver:
         self.ended = False
         self.auth = auth
         self._big = False
+        self._inproc = address.startswith("inproc://")  # the peer is this process's own EdgeSender
         self._trailer_cache: dict = {}
 
     def ready(self) -> bool:
@@ -138,14 +166,12 @@ class EdgeReceiver:
 
     def recv(self, flags: int = 0) -> tuple[int, object]:
         """Return ``(kind, Frame | dict | None)`` for the next part; raise WireError on trouble
-        (and ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is there)."""
-        # zero-copy pays only for big payloads; guess from the last part seen on this edge
-        # part by part with int flags (recv_multipart's enum arithmetic costs more than the receive)
-        sock, copy = self.sock, not self._big
-        parts = [sock.recv(flags, copy=copy)]
-        while sock.getsockopt(_RCVMORE):
-            parts.append(sock.recv(0, copy=copy))
-        head = parts[0] if self._big is False else parts[0].bytes
+        (and ``zmq.Again`` when nothing is there: at once with ``flags=zmq.NOBLOCK``, else after POLL_MS)."""
+        # Part by part with int flags (recv_multipart's enum arithmetic costs more than the receive). The header
+        # comes as a zmq.Frame: its ``more`` spares a getsockopt(RCVMORE), whose option-enum lookup costs ~1.6 µs.
+        sock = self.sock
+        h = sock.recv(flags, copy=False)
+        head = h.bytes
         try:
             kind, seq, start, stop, trailer = wire.decode_header(head, self._trailer_cache)
         except wire.WireError as e:
@@ -153,6 +179,30 @@ class EdgeReceiver:
         if seq != self.expect:
             what = "gap" if seq > self.expect else "repeat/reorder"
             raise wire.WireError(f"edge {self.label}: sequence {what}: expected {self.expect}, got {seq}")
+        if kind == wire.DATA and self.auth is None and h.more:  # the hot path: header + payload
+            if self._inproc and not self._big:
+                # a small payload from our own sender: copied (cheaper than a zmq.Frame below 64 KiB), and no
+                # need to ask whether more parts follow: this process built the message, header + payload
+                buf = sock.recv(0)
+            else:  # zero-copy for big payloads (guessed from the last one on this edge); a peer's part count checked
+                p = sock.recv(0, copy=False)
+                if p.more:
+                    raise wire.WireError(f"edge {self.label}: data frame with {2 + self._discard()} parts")
+                buf = p.buffer
+            self._big = len(buf) >= _ZERO_COPY
+            self.expect += 1
+            try:
+                return kind, wire.decode_frame(start, stop, trailer, buf, self.dtype)
+            except wire.WireError as e:
+                raise wire.WireError(f"edge {self.label}: {e}") from None
+        parts: list = [head]
+        if h.more:
+            copy = not self._big
+            while True:
+                p = sock.recv(0, copy=copy)
+                parts.append(p)
+                if not (sock.getsockopt(_RCVMORE) if copy else p.more):
+                    break
         if self.auth is not None:
             if kind == wire.DATA or len(parts) < 2:
                 raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
@@ -163,8 +213,8 @@ class EdgeReceiver:
             self.ended = True
             return kind, None
         try:
-            bufs = parts[1:] if not self._big else [p.buffer for p in parts[1:]]
-            self._big = any(len(b) >= wire.ZERO_COPY_BYTES for b in bufs)
+            bufs = [p if isinstance(p, bytes) else p.buffer for p in parts[1:]]
+            self._big = any(len(b) >= _ZERO_COPY for b in bufs)
             if kind == wire.DATA:
                 if len(parts) != 2:
                     raise wire.WireError(f"data frame with {len(parts)} parts")
@@ -172,6 +222,13 @@ class EdgeReceiver:
             return kind, wire.decode_message(trailer, bufs)
         except wire.WireError as e:
             raise wire.WireError(f"edge {self.label}: {e}") from None
+
+    def _discard(self) -> int:
+        """Receive and drop the rest of a malformed message; return how many parts that was."""
+        n = 1
+        while self.sock.recv(0, copy=False).more:
+            n += 1
+        return n
 
     def close(self) -> None:
         self.sock.close()

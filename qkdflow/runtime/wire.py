@@ -49,23 +49,32 @@ def _json_default(o: Any) -> Any:
 def encode_frame(seq: int, frame: Frame, with_dtype: bool, cache: dict | None = None) -> list:
     """Parts for one DATA frame (``cache`` keeps the JSON of a dtype-only trailer per edge)."""
     data = frame.data
-    if with_dtype and not frame.tags and not frame.meta and cache is not None and data.dtype in cache:
-        js = cache[data.dtype]  # the hot path of untyped edges: no JSON per frame
+    if not frame.tags and not frame.meta:  # the hot path: no JSON per frame
+        if not with_dtype:
+            js = b""
+        elif cache is not None and data.dtype in cache:
+            js = cache[data.dtype]
+        else:
+            js = _trailer_json(frame, with_dtype)
+            if cache is not None:
+                cache[data.dtype] = js
     else:
-        trailer: dict[str, Any] = {}
-        if with_dtype:
-            trailer["dtype"] = data.dtype.descr if data.dtype.names else data.dtype.str
-        if frame.tags:
-            trailer["tags"] = [[t.offset, t.key, t.value, t.srcid] for t in frame.tags]
-        if frame.meta:
-            trailer["meta"] = frame.meta
-        js = json.dumps(trailer, default=_json_default, separators=(",", ":")).encode() if trailer else b""
-        if with_dtype and not frame.tags and not frame.meta and cache is not None:
-            cache[data.dtype] = js
-    head = HEADER.pack(MAGIC, VERSION, DATA, len(js), seq, frame.start, frame.stop) + js
+        js = _trailer_json(frame, with_dtype)
     if not data.flags.c_contiguous:
         data = np.ascontiguousarray(data)
-    return [head, data]
+    return [HEADER.pack(MAGIC, VERSION, DATA, len(js), seq, frame.start, frame.stop) + js, data]
+
+
+def _trailer_json(frame: Frame, with_dtype: bool) -> bytes:
+    trailer: dict[str, Any] = {}
+    data = frame.data
+    if with_dtype:
+        trailer["dtype"] = data.dtype.descr if data.dtype.names else data.dtype.str
+    if frame.tags:
+        trailer["tags"] = [[t.offset, t.key, t.value, t.srcid] for t in frame.tags]
+    if frame.meta:
+        trailer["meta"] = frame.meta
+    return json.dumps(trailer, default=_json_default, separators=(",", ":")).encode() if trailer else b""
 
 
 def encode_eos(seq: int) -> list:
@@ -99,29 +108,30 @@ def decode_header(head: bytes, cache: dict | None = None) -> tuple[int, int, int
     """Return ``(kind, seq, start, stop, trailer)``; raise WireError on garbage.
 
     ``cache`` (per edge) remembers the last dtype-only DATA trailer: an untyped edge repeats it every frame."""
-    if len(head) < HEADER.size:
-        raise WireError(f"header too short ({len(head)} bytes)")
-    magic, ver, kind, jlen, seq, start, stop = HEADER.unpack_from(head)
-    if magic != MAGIC:
-        raise WireError(f"bad magic {magic!r} (not a qkdflow peer?)")
-    if ver != VERSION:
-        raise WireError(f"unsupported wire version {ver}")
-    if kind not in (DATA, EOS, MESSAGE):
-        raise WireError(f"unknown frame kind {kind}")
-    if len(head) != HEADER.size + jlen:
+    try:
+        magic, ver, kind, jlen, seq, start, stop = HEADER.unpack_from(head)
+    except struct.error:
+        raise WireError(f"header too short ({len(head)} bytes)") from None
+    if magic != MAGIC or ver != VERSION or kind > MESSAGE or len(head) != HEADER.size + jlen:  # one test per part
+        if magic != MAGIC:
+            raise WireError(f"bad magic {magic!r} (not a qkdflow peer?)")
+        if ver != VERSION:
+            raise WireError(f"unsupported wire version {ver}")
+        if kind not in (DATA, EOS, MESSAGE):
+            raise WireError(f"unknown frame kind {kind}")
         raise WireError(f"header length {len(head)} does not match trailer length {jlen}")
-    trailer = None
-    if jlen:
-        raw = head[HEADER.size:]
-        if cache is not None and kind == DATA and cache.get("raw") == raw:
-            return kind, seq, start, stop, cache["trailer"]
-        try:
-            trailer = json.loads(raw)
-        except ValueError as e:
-            raise WireError(f"corrupt header trailer: {e}") from None
-        if cache is not None and kind == DATA and isinstance(trailer, dict) and trailer.keys() == {"dtype"}:
-            trailer["_np"] = _dtype(trailer["dtype"])  # parsed once per edge
-            cache["raw"], cache["trailer"] = bytes(raw), trailer
+    if not jlen:
+        return kind, seq, start, stop, None
+    raw = head[HEADER.size:]
+    if cache is not None and kind == DATA and cache.get("raw") == raw:
+        return kind, seq, start, stop, cache["trailer"]
+    try:
+        trailer = json.loads(raw)
+    except ValueError as e:
+        raise WireError(f"corrupt header trailer: {e}") from None
+    if cache is not None and kind == DATA and isinstance(trailer, dict) and trailer.keys() == {"dtype"}:
+        trailer["_np"] = _dtype(trailer["dtype"])  # parsed once per edge
+        cache["raw"], cache["trailer"] = bytes(raw), trailer
     return kind, seq, start, stop, trailer
 
 
@@ -135,17 +145,23 @@ def _dtype(spec: Any) -> np.dtype:
 
 
 def decode_frame(start: int, stop: int, trailer: dict | None, payload: Any, dtype: np.dtype | None) -> Frame:
-    trailer = trailer or {}
-    if "dtype" in trailer:
-        dtype = trailer.get("_np") or _dtype(trailer["dtype"])
+    if trailer:
+        if not isinstance(trailer, dict):
+            raise WireError("frame trailer is not a mapping")
+        if "dtype" in trailer:
+            dtype = trailer.get("_np") or _dtype(trailer["dtype"])
+        tags = [Tag(int(o), k, v, s) for o, k, v, s in trailer["tags"]] if "tags" in trailer else []
+        meta = trailer.get("meta", {})
+    else:
+        tags, meta = [], {}
     if dtype is None:
         raise WireError("frame without dtype on an untyped port")
-    buf = memoryview(payload)
-    if buf.nbytes % dtype.itemsize:
-        raise WireError(f"payload of {buf.nbytes} bytes is not a whole number of {dtype.itemsize}-byte items")
-    data = np.frombuffer(buf, dtype=dtype)
-    tags = [Tag(int(o), k, v, s) for o, k, v, s in trailer.get("tags", ())]
-    return Frame(start, stop, data, tags, trailer.get("meta", {}))
+    try:
+        data = np.frombuffer(payload, dtype=dtype)
+    except ValueError:  # numpy: "buffer size must be a multiple of element size"
+        raise WireError(f"payload of {memoryview(payload).nbytes} bytes is not a whole number of "
+                        f"{dtype.itemsize}-byte items") from None
+    return Frame(start, stop, data, tags, meta)
 
 
 def decode_message(trailer: dict | None, bufs: list) -> dict:
