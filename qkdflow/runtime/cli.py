@@ -18,7 +18,7 @@ import sys
 import time
 
 from .graph import FlowgraphError, builtin_blocks, load_flowgraph
-from .launcher import STATUS, SUMMARY, derive_seeds, restart_number, run_nodes, supervise, watch_parent
+from .launcher import STATUS, SUMMARY, derive_seeds, restart_number, run_nodes, spawn, supervise, watch_parent
 
 EXTRA_COMMANDS: dict = {}  # name -> (add_arguments(parser), main(args) -> int); filled by other modules
 
@@ -31,6 +31,8 @@ def _load(args: argparse.Namespace):
     try:
         return load_flowgraph(args.flowgraph, args.param or [])
     except FlowgraphError as e:
+        if getattr(args, "child", False):  # the parent loaded the same file and reports every error once
+            return None
         for line in e.errors:
             print(line, file=sys.stderr)
         print(f"qkdflow: {len(e.errors)} error(s) in {args.flowgraph}", file=sys.stderr)
@@ -60,7 +62,47 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def _quick(path: str) -> tuple[str, list[str]] | None:
+    """(flowgraph name, node names) from a plain YAML read, no validation; None if that read fails."""
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        nodes = doc.get("nodes") if isinstance(doc, dict) else None
+        if not isinstance(nodes, dict):
+            return None
+        return str(doc.get("flowgraph", os.path.splitext(os.path.basename(path))[0])), [str(n) for n in nodes]
+    except Exception:  # any problem is reported by the full load
+        return None
+
+
+def _run_all(args: argparse.Namespace, name: str, nodes: list[str]) -> int:
+    """Every node in its own process, started at once: each child loads and validates the flowgraph itself, so
+    the parent (the supervisor) stays light and its start-up does not delay theirs. If the children find user
+    errors (exit code 2, silent), the parent loads the flowgraph to report every error once."""
+    progress = Progress(sys.stderr.isatty() and not args.quiet)
+    t0 = time.perf_counter()
+    children = spawn(args.flowgraph, nodes, args.param or [], ["--quiet"] if args.quiet else [])
+    ok, summaries, failures = run_nodes(args.flowgraph, nodes, args.param or [], progress, args.timeout,
+                                        children=children)
+    progress.done()
+    if any(c.proc.returncode == 2 for c in children):
+        if _load(args) is None:
+            return 2
+    wall = time.perf_counter() - t0
+    for f in failures:
+        _err(f"{name}: {f}; run stopped")
+    if args.json:
+        print(json.dumps({"flowgraph": name, "ok": ok, "wall_s": round(wall, 3), "nodes": summaries}, default=str))
+    return 0 if ok else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.child and not args.node and not args.restart:
+        quick = _quick(args.flowgraph)
+        if quick is not None and len(quick[1]) > 1:
+            return _run_all(args, *quick)
     graph = _load(args)
     if graph is None:
         return 2

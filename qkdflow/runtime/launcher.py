@@ -50,9 +50,8 @@ def _reader(child: Child) -> None:
             print(line, flush=True)
 
 
-def run_nodes(path: str, nodes: list[str], overrides: list[str], progress, timeout_s: float | None = None,
-              extra_args: list[str] = ()) -> tuple[bool, dict, list[str]]:
-    """Start every node as a child process; return (ok, {node: summary}, failure lines)."""
+def spawn(path: str, nodes: list[str], overrides: list[str], extra_args: list[str] = ()) -> list[Child]:
+    """Start ``qkdflow run PATH --child --node N`` for every node (their output is read by threads)."""
     children: list[Child] = []
     base = [sys.executable, "-m", "qkdflow.runtime.cli", "run", path, "--child"]
     for ov in overrides:
@@ -64,6 +63,14 @@ def run_nodes(path: str, nodes: list[str], overrides: list[str], progress, timeo
         c = Child(n, proc)
         threading.Thread(target=_reader, args=(c,), daemon=True).start()
         children.append(c)
+    return children
+
+
+def run_nodes(path: str, nodes: list[str], overrides: list[str], progress, timeout_s: float | None = None,
+              extra_args: list[str] = (), children: list[Child] | None = None) -> tuple[bool, dict, list[str]]:
+    """Start every node as a child process (or take ``spawn``'s); return (ok, {node: summary}, failure lines)."""
+    if children is None:
+        children = spawn(path, nodes, overrides, extra_args)
     failures: list[str] = []
     t0 = time.monotonic()
     try:
@@ -83,7 +90,7 @@ def run_nodes(path: str, nodes: list[str], overrides: list[str], progress, timeo
                 break
             if progress is not None:
                 progress({c.node: c.status for c in children})
-            time.sleep(0.05)
+            time.sleep(0.01)
     except KeyboardInterrupt:
         failures.append("interrupted")
     finally:
