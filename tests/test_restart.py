@@ -40,3 +40,36 @@ def test_invariant_checker_catches_a_one_sided_or_different_block(tmp_path):
     problems = bench_recovery.check_invariants(str(tmp_path))
     assert any("b2: different keys" in p for p in problems)
     assert any("b3 committed at the AAU only" in p for p in problems)
+
+
+def test_two_node_run_with_user_errors_reports_each_once_and_restart_needs_node(tmp_path, cli_env):
+    import subprocess
+    import sys
+    path = tmp_path / "bad.yaml"
+    path.write_text("nodes:\n  a: {port: 6100}\n  b: {port: 6110}\nblocks:\n"
+                    "  s: {type: slot_source, node: a, frames: 3, bogus: 1}\n  k: {type: null_sink, node: b}\n"
+                    "connections: [[s.out, k.in]]\n")
+    cli = [sys.executable, "-m", "qkdflow.runtime.cli", "run", str(path)]
+    r = subprocess.run(cli, capture_output=True, text=True, env=cli_env, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("blocks.s.bogus: unknown parameter of slot_source") == 1  # the children stay silent
+    path.write_text(path.read_text().replace(", bogus: 1", ""))
+    r = subprocess.run(cli + ["--restart", "2"], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert r.returncode == 2 and "--restart needs --node" in r.stderr
+
+
+def test_restart_seeds_are_derived_per_restart_and_node():
+    from qkdflow.runtime.graph import load_flowgraph
+    from qkdflow.runtime.launcher import derive_seeds
+    fg = os.path.join(ROOT, "flowgraphs", "distill_test.yaml")
+    seeds = {}
+    for restart in (0, 1, 2):
+        g = load_flowgraph(fg)
+        changed = derive_seeds(g, restart, "aau")
+        seeds[restart] = {n: g.blocks[n].params.get("seed") for n in ("prep", "fibre", "det")}
+        assert changed == ([] if restart == 0 else ["prep", "fibre"])  # the DU's detector keeps its seed here
+    assert seeds[0]["prep"] != seeds[1]["prep"] != seeds[2]["prep"] != seeds[0]["prep"]
+    assert seeds[0]["det"] == seeds[1]["det"] == seeds[2]["det"]
+    g = load_flowgraph(fg)
+    derive_seeds(g, 1, "aau")
+    assert g.blocks["prep"].params["seed"] == seeds[1]["prep"]  # reproducible: restart n always gets the same seeds
