@@ -106,6 +106,29 @@ static inline uint32_t sign_bit(float x) { return (uint32_t)f2i(x) >> 31; }
 static inline float with_sign(float mag, uint32_t neg) { return i2f(f2i(mag) ^ (int32_t)(neg << 31)); }
 
 /* One frame.  Returns iterations used; *ok = 1 iff the hard decision satisfies the syndrome. */
+/* Check a Tanner graph in CSR form (check c's edges are ptr[c]..ptr[c+1], edge e's variable is ev[e]): ascending
+ * ptr, degrees <= max_deg, variables in [0, n). Sets *dmax to the largest check degree; on error sets a Python
+ * ValueError naming `who` and returns -1. */
+static int check_tanner(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, int64_t max_deg, const char *who,
+                        int *dmax) {
+    *dmax = 0;
+    for (int64_t c = 0; c < m; c++) {
+        int64_t d = ptr[c + 1] - ptr[c];
+        if (d < 0 || d > max_deg) {
+            PyErr_Format(PyExc_ValueError, "%s: check_ptr not ascending or a check degree above %lld", who,
+                         (long long)max_deg);
+            return -1;
+        }
+        if (d > *dmax) *dmax = (int)d;
+    }
+    for (int64_t e = 0; e < ptr[m]; e++)
+        if (ev[e] < 0 || ev[e] >= n) {
+            PyErr_Format(PyExc_ValueError, "%s: edge_var out of range", who);
+            return -1;
+        }
+    return 0;
+}
+
 static long decode_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                          const uint8_t *syn, long max_iter, uint8_t *word, float *post, float *c2v,
                          float *tmp, float *phs, int *ok, int warm)
@@ -357,14 +380,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "decode: check_ptr does not span edge_var");
         goto done;
     }
-    int dmax = 0;
-    for (int64_t c = 0; c < m; c++) {
-        int64_t d = ptr[c + 1] - ptr[c];
-        if (d < 0) { PyErr_SetString(PyExc_ValueError, "decode: check_ptr not ascending"); goto done; }
-        if (d > dmax) dmax = (int)d;
-    }
-    for (int64_t e = 0; e < ptr[m]; e++)
-        if (ev[e] < 0 || ev[e] >= n) { PyErr_SetString(PyExc_ValueError, "decode: edge_var out of range"); goto done; }
+    int dmax;
+    if (check_tanner(ptr, ev, m, n, INT32_MAX, "decode", &dmax) < 0) goto done;
     post = (float *)malloc((size_t)n * sizeof(float));
     c2v = (float *)malloc((size_t)(ptr[m] > 0 ? ptr[m] : 1) * sizeof(float));
     tmp = (float *)malloc((size_t)(dmax + 1) * sizeof(float));
@@ -427,14 +444,8 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "decode_many: inconsistent array sizes");
         goto done;
     }
-    int dmax = 0;
-    for (int64_t c = 0; c < m; c++) {
-        int64_t d = ptr[c + 1] - ptr[c];
-        if (d < 0) { PyErr_SetString(PyExc_ValueError, "decode_many: check_ptr not ascending"); goto done; }
-        if (d > dmax) dmax = (int)d;
-    }
-    for (int64_t e = 0; e < ptr[m]; e++)
-        if (ev[e] < 0 || ev[e] >= n) { PyErr_SetString(PyExc_ValueError, "decode_many: edge_var out of range"); goto done; }
+    int dmax;
+    if (check_tanner(ptr, ev, m, n, INT32_MAX, "decode_many", &dmax) < 0) goto done;
     const double *llr = (const double *)b[2].buf;
     const uint8_t *syn = (const uint8_t *)b[3].buf;
     uint8_t *words = (uint8_t *)b[4].buf, *oks = (uint8_t *)b[6].buf;
@@ -811,14 +822,8 @@ static PyObject *py_decode_many_ms(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "decode_many_ms: alpha_q15 must be in [1, 32767], beta in [0, 4095], stall >= 0");
         goto done;
     }
-    int dmax = 0;
-    for (int64_t c = 0; c < m; c++) {
-        int64_t d = ptr[c + 1] - ptr[c];
-        if (d < 0 || d > 32767) { PyErr_SetString(PyExc_ValueError, "decode_many_ms: bad check degree"); goto done; }
-        if (d > dmax) dmax = (int)d;
-    }
-    for (int64_t e = 0; e < ptr[m]; e++)
-        if (ev[e] < 0 || ev[e] >= n) { PyErr_SetString(PyExc_ValueError, "decode_many_ms: edge_var out of range"); goto done; }
+    int dmax;
+    if (check_tanner(ptr, ev, m, n, 32767, "decode_many_ms", &dmax) < 0) goto done;
     const double *llr = (const double *)b[2].buf;
     const uint8_t *syn = (const uint8_t *)b[3].buf;
     uint8_t *words = (uint8_t *)b[4].buf, *oks = (uint8_t *)b[6].buf;
