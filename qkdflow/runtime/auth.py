@@ -21,7 +21,6 @@ half-written remains in the key stores (their two-phase commit). A sender whose 
 """
 from __future__ import annotations
 
-import hmac
 import os
 import threading
 import time
@@ -104,6 +103,8 @@ class EdgeAuth:
                     raise AuthFailure(f"edge {self.label}: authentication failed ({e}); the message was not "
                                       "delivered and the run stops") from None
                 time.sleep(0.01)
+        import hmac  # here: _hashlib costs ~7 ms of every node's start-up, authenticated or not
+
         if not hmac.compare_digest(self._value(seq, parts, pad), tag[12:]):
             raise AuthFailure(f"edge {self.label}: authentication failed (tag mismatch: forged, altered or "
                               "replayed message); the message was not delivered and the run stops")

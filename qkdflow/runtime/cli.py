@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 
-from .graph import FlowgraphError, builtin_blocks, load_flowgraph
 from .launcher import STATUS, SUMMARY, derive_seeds, restart_number, run_nodes, spawn, supervise, watch_parent
 
 EXTRA_COMMANDS: dict = {}  # name -> (add_arguments(parser), main(args) -> int); filled by other modules
@@ -28,6 +27,9 @@ def _err(msg: str) -> None:
 
 
 def _load(args: argparse.Namespace):
+    # imported here: the parent of a whole run never loads numpy, so it does not compete with its children
+    from .graph import FlowgraphError, load_flowgraph
+
     try:
         return load_flowgraph(args.flowgraph, args.param or [])
     except FlowgraphError as e:
@@ -188,6 +190,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
+    from .graph import builtin_blocks
+
     for name, cls in builtin_blocks().items():
         print(f"{name} [{cls.category}] — {cls.doc_line()}")
         for p in cls.inputs:

@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 
 STATUS = "QKDFLOW-STATUS "
 SUMMARY = "QKDFLOW-SUMMARY "
@@ -156,6 +155,8 @@ def derive_seeds(graph, restart: int, node: str | None = None) -> list[str]:
             continue
         seed = spec.params.get("seed")
         if isinstance(seed, int) and not isinstance(seed, bool):
+            import numpy as np
+
             mixed = np.random.SeedSequence([seed, restart]).generate_state(1)[0]
             spec.params["seed"] = int(mixed) & 0x7FFFFFFF
             changed.append(name)
