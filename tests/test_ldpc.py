@@ -721,3 +721,139 @@ def test_min_sum_blind_reconciliation_with_warm_states(pool):
     assert dec.leak_bits == sum(f.leak_bits for f in frames)
     with pytest.raises(ValueError, match="algorithm"):
         LdpcBob(pool, algorithm="bp")
+
+
+# ------------------------------------------------------------- density evolution and the "de" code family
+from qkdflow.distill import ldpc_design  # noqa: E402
+
+
+def _normalised(lam, rho):
+    return ({k: v / sum(lam.values()) for k, v in lam.items()}, {k: v / sum(rho.values()) for k, v in rho.items()})
+
+
+def test_discretised_de_reproduces_the_regular_3_6_bsc_threshold():
+    # (3,6) regular ensemble, sum-product on the BSC: p* = 0.084 (Richardson & Urbanke, "The capacity of LDPC
+    # codes under message-passing decoding", IEEE T-IT 47, 599 (2001)). A node-update bug moves it far more.
+    lam, rho = {3: 1.0}, {6: 1.0}
+    assert ldpc_design.DensityEvolution(0.0815, 3).run(lam, rho)[0]
+    assert not ldpc_design.DensityEvolution(0.0865, 3).run(lam, rho)[0]
+
+
+@pytest.mark.parametrize("rate", [0.80, 0.85, 0.90])
+def test_discretised_de_reproduces_elkouss_thresholds_within_2_percent(rate):
+    # Elkouss et al. ISIT 2009 Table I print p* = 0.0298 / 0.0199 / 0.0109 for their rate 0.80 / 0.85 / 0.90 rows
+    # (our DE: 0.02979 / 0.01999 / 0.01088).
+    lam, rho = _normalised(*ldpc_codes.DEGREE_DISTRIBUTIONS[rate])
+    p_pub = ldpc_codes.DE_THRESHOLDS[rate]
+    assert ldpc_design.DensityEvolution(0.98 * p_pub, max(lam)).run(lam, rho)[0]
+    assert not ldpc_design.DensityEvolution(1.02 * p_pub, max(lam)).run(lam, rho)[0]
+
+
+def test_de_family_distributions_are_normalised_check_concentrated_and_near_capacity():
+    fam = ldpc_codes.FAMILIES["de"]
+    designed = set(ldpc_codes._DE_HIGH)
+    assert designed >= {0.85, 0.90, 0.95} and set(ldpc_codes.FAMILY_RATES["de"]) == set(TABLE_RATES) | designed
+    for rate, (lam, rho) in fam.items():
+        assert sum(lam.values()) == pytest.approx(1.0, abs=5e-5)
+        assert sum(rho.values()) == pytest.approx(1.0, abs=5e-5)
+        if rate not in designed:
+            assert (lam, rho) == ldpc_codes.DEGREE_DISTRIBUTIONS[rate]
+            continue
+        assert sum(lam.values()) == pytest.approx(1.0, abs=1e-9)
+        assert ldpc_design.design_rate(lam, rho) == pytest.approx(rate, abs=2e-5)
+        assert len(rho) <= 2 and max(rho) - min(rho) <= 1            # check-concentrated
+        assert min(lam.values()) > 0 and max(lam) <= 60
+        p_star = ldpc_codes.FAMILY_THRESHOLDS["de"][rate]
+        assert 1.0 < ldpc_design.efficiency_at_threshold(rate, p_star) <= 1.065    # 1.03-1.045; 1.064 at 0.95
+        # stability lambda_2 rho'(1) 2 sqrt(p(1-p)) < 1 at the threshold, and fewer degree-2 nodes than checks
+        # (so the builders place them all on a cycle-free staircase instead of converting some to degree 3)
+        rho_p1 = sum(v * (k - 1) for k, v in rho.items())
+        assert lam.get(2, 0.0) * rho_p1 * 2 * math.sqrt(p_star * (1 - p_star)) < 1.0
+        assert lam.get(2, 0.0) / 2 < sum(v / k for k, v in rho.items())
+    # the designed rows beat Elkouss et al.'s f* = (1 - R)/h(p*) (1.069 at 0.85, 1.156 at 0.90) clearly
+    f_de = {r: ldpc_design.efficiency_at_threshold(r, ldpc_codes.FAMILY_THRESHOLDS["de"][r]) for r in (0.85, 0.9)}
+    assert f_de[0.85] < 1.04 and f_de[0.9] < 1.05
+
+
+@pytest.mark.parametrize("rate", sorted(ldpc_codes._DE_HIGH))
+def test_de_family_thresholds_are_the_stored_ones(rate):
+    lam, rho = ldpc_codes.FAMILIES["de"][rate]
+    p_star = ldpc_codes.FAMILY_THRESHOLDS["de"][rate]
+    assert ldpc_design.DensityEvolution(0.98 * p_star, max(lam)).run(lam, rho)[0]
+    assert not ldpc_design.DensityEvolution(1.02 * p_star, max(lam)).run(lam, rho)[0]
+    if rate in ldpc_codes.DEGREE_DISTRIBUTIONS:
+        # above the Elkouss threshold of the same rate (0.0199 at 0.85, 0.0109 at 0.90), whose ensemble fails there
+        assert p_star > 1.03 * ldpc_codes.DE_THRESHOLDS[rate]
+        e_lam, e_rho = _normalised(*ldpc_codes.DEGREE_DISTRIBUTIONS[rate])
+        assert not ldpc_design.DensityEvolution(0.98 * p_star, max(e_lam)).run(e_lam, e_rho)[0]
+    if rate == 0.90:
+        assert 0.98 * p_star > 1.10 * 0.0109            # rate 0.9: 13 % above Elkouss et al.'s 0.0109
+
+
+def test_lp_optimiser_raises_the_rate_and_keeps_convergence():
+    rho = {6: 1.0}
+    lam = ldpc_design.optimise_lambda(rho, 0.07, {3: 1.0}, range(2, 9), rounds=6)
+    assert sum(lam.values()) == pytest.approx(1.0)
+    assert ldpc_design.design_rate(lam, rho) > 0.5 + 0.01
+    assert ldpc_design.DensityEvolution(0.07, max(lam)).run(lam, rho)[0]
+
+
+def test_lp_optimiser_respects_the_degree_2_caps():
+    # (3,6) start at p = 0.06: the LP wants many degree-2 nodes; the node cap (0.15 m of them) binds
+    rho = {6: 1.0}
+    cap_nodes = ldpc_design.lambda2_cap(rho, 0.06, 0.15)
+    cap_stab = ldpc_design.lambda2_cap(rho, 0.06, None)
+    assert cap_nodes == pytest.approx(2 * 0.15 / 6) and cap_stab == pytest.approx(1 / (5 * 2 * math.sqrt(0.06 * 0.94)))
+    lam = ldpc_design.optimise_lambda(rho, 0.06, {3: 1.0}, range(2, 9), rounds=4, deg2_per_check=0.15)
+    assert 0 < lam.get(2, 0.0) <= cap_nodes + 1e-9
+    free = ldpc_design.optimise_lambda(rho, 0.06, {3: 1.0}, range(2, 9), rounds=4, deg2_per_check=None)
+    assert cap_nodes < free.get(2, 0.0) <= cap_stab + 1e-9
+
+
+def test_starting_lambda_adds_the_tail_and_caps_lambda_2():
+    rho = {64: 0.5, 65: 0.5}
+    lam = ldpc_design.starting_lambda(dict(ldpc_codes.DEGREE_DISTRIBUTIONS[0.90][0]), rho, 60, 0.012, tail=0.3)
+    assert sum(lam.values()) == pytest.approx(1.0) and lam[60] == pytest.approx(0.3)
+    assert lam[2] <= ldpc_design.lambda2_cap(rho, 0.012) + 1e-12 < 0.07689 * 0.7
+
+
+def test_rho_for_rate_and_rationalise():
+    lam = ldpc_design.rationalise({2: 0.123456, 3: 0.3, 12: 0.576544, 30: 1e-5})
+    assert 30 not in lam and sum(lam.values()) == pytest.approx(1.0, abs=1e-12)
+    rho = ldpc_design.rho_for_rate(lam, 0.9)
+    assert max(rho) - min(rho) == 1
+    assert ldpc_design.design_rate(lam, rho) == pytest.approx(0.9, abs=1e-5)
+
+
+def test_de_family_codes_build_cache_and_decode(tmp_path, monkeypatch):
+    monkeypatch.setenv("QKDFLOW_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="family"):
+        build_code(4096, 0.9, 1, family="bogus")
+    with pytest.raises(ValueError, match="rate"):
+        build_code(4096, 0.95, 1, family="elkouss2009")
+    code = load_or_build_code(20000, 0.95, 3, family="de")
+    assert code.construction == ldpc_codes.FAMILY_CONSTRUCTION["de"] and code.family == "de"
+    assert len(list(tmp_path.glob("*_de*_n20000_*.npz"))) == 1
+    assert load_or_build_code(20000, 0.95, 3, family="de").fingerprint == code.fingerprint
+    assert code.m == pytest.approx(code.n * (1 - 0.95), abs=2)
+    lam = ldpc_codes.FAMILIES["de"][0.95][0]
+    frac = np.array([lam[d] / d for d in sorted(lam)])
+    counts = np.array([np.count_nonzero(code.var_degree == d) for d in sorted(lam)])
+    assert np.allclose(counts / code.n, frac / frac.sum(), atol=2e-4)   # no degree-2 surplus converted
+    # designed rows by PEG; the Elkouss rows of the family by the random matching: the very same graphs as family
+    # elkouss2009's (so reconciliation at QBER >= 5 %, which uses rates <= 0.75, is unchanged)
+    assert [ldpc_codes.default_construction("de", r) for r in (0.7, 0.8, 0.9, 0.95)] == ["random", "random", "peg",
+                                                                                          "peg"]
+    assert ldpc_codes.default_construction("elkouss2009", 0.9) == "random"
+    assert build_code(4096, 0.7, 3, family="de").fingerprint == build_code(4096, 0.7, 3, family="elkouss2009"
+                                                                           ).fingerprint
+    rng = np.random.default_rng(8)
+    pool = ldpc_codes.load_or_build_codes(20000, 3, rates=(0.90, 0.95), family="de")
+    assert pool[1].fingerprint == code.fingerprint            # from the cache
+    alice, bob = LdpcAlice(pool, seed=2, efficiency=1.25), LdpcBob(pool)
+    for i, q in enumerate((0.004, 0.009)):
+        a, b = _frame(rng, alice.frame_bits, q)
+        msg = alice.encode(a, q, frame_id=i)
+        assert msg.m == pool[1 - i].m                          # 0.4 % -> rate 0.95, 0.9 % -> rate 0.90
+        r = bob.decode(b, msg)
+        assert r.converged and np.array_equal(r.corrected, a)

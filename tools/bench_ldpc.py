@@ -19,8 +19,11 @@ frame, "rounds" rounds of the batch (= Alice->Bob messages), "iter" BP iteration
 throughput = key bits / wall time of every decoding attempt of every round (LLR setup included, messages not).
 The QBER estimate given to Alice is the channel's QBER in both modes. --mode both prints one-shot then blind.
 
+--family de: the mother codes of the density-evolution-optimised family (ldpc_codes.DE_DISTRIBUTIONS, designed by
+qkdflow/distill/ldpc_design.py; rates 0.50-0.95) instead of Elkouss et al. 2009 (elkouss2009, rates 0.50-0.90).
 --construction peg: the mother codes built by progressive edge growth (ldpc_codes.build_code_peg) instead of the
-random socket matching; --decoder min-sum: the int16 self-corrected normalised/offset min-sum kernels (32 frames
+random socket matching (default: ldpc_codes.default_construction, PEG for the rows designed in family de,
+random for the Elkouss rows); --decoder min-sum: the int16 self-corrected normalised/offset min-sum kernels (32 frames
 per AVX-512BW pass) instead of float sum-product; --stall K gives a min-sum frame up after K iterations without a
 new minimum of unsatisfied checks.
 
@@ -107,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blind-max", type=float, default=ldpc.DEFAULT_BLIND_MAX)
     ap.add_argument("--round-iterations", type=int, default=ldpc.DEFAULT_ROUND_ITERATIONS)
     ap.add_argument("--cold", action="store_true", help="blind: restart every attempt from the channel LLRs")
-    ap.add_argument("--construction", choices=ldpc_codes.CONSTRUCTIONS, default=ldpc_codes.DEFAULT_CONSTRUCTION,
-                    help="mother-code graph construction")
+    ap.add_argument("--family", choices=tuple(ldpc_codes.FAMILIES), default=ldpc_codes.DEFAULT_FAMILY,
+                    help="degree-distribution family of the mother codes")
+    ap.add_argument("--construction", choices=ldpc_codes.CONSTRUCTIONS, default=None,
+                    help="mother-code graph construction (default: per row, ldpc_codes.default_construction)")
+    ap.add_argument("--rates", type=float, nargs="+", default=None,
+                    help="mother-code rates of the pool (default: all of the family's)")
     ap.add_argument("--decoder", choices=ldpc.ALGORITHMS, default=ldpc.DEFAULT_ALGORITHM)
     ap.add_argument("--stall", type=int, default=0, help="min-sum: stop after this many stalled iterations (0: off)")
     args = ap.parse_args(argv)
@@ -126,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                     + (f", stall {args.stall}" if args.stall else ""))
     else:
         path = f"{ldpc.DECODER} (C extension not built or QKDFLOW_NO_CEXT=1)"
-    print(f"decoder: {path}; {args.decoder}, max {args.max_iterations} iterations; codes: {args.construction}; "
+    construction = args.construction       # None: each row's default (ldpc_codes.default_construction)
+    print(f"decoder: {path}; {args.decoder}, max {args.max_iterations} iterations; codes: {args.family}, "
+          f"{construction or 'default construction'}; "
           f"one-shot target f = "
           f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
           f"{args.round_iterations} iterations per attempt, {'cold' if args.cold else 'warm'} restarts")
@@ -136,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = ("oneshot", "blind") if args.mode == "both" else (args.mode,)
     for n in args.n:
         t0 = time.perf_counter()
-        codes = load_or_build_codes(n, args.seed, construction=args.construction)
+        try:
+            codes = load_or_build_codes(n, args.seed, rates=args.rates, construction=construction,
+                                        family=args.family)
+        except ValueError as exc:
+            ap.error(str(exc))
         print(f"# n={n}: code pool ready in {time.perf_counter() - t0:.1f} s (cache or build)", flush=True)
         alice = LdpcAlice(codes, seed=args.seed + 1, efficiency=args.efficiency, delta=args.delta,
                           blind_start=args.blind_start, blind_step=args.blind_step, blind_max=args.blind_max)

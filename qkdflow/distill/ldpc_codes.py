@@ -9,7 +9,13 @@ for rates 0.50 ... 0.90 (step 0.05), thresholds from discretised density evoluti
 transcribed exactly, except one: in the rate-0.85 row the printed lambda(x) sums to 1.0515; the x^4
 coefficient (degree 5) is printed as 0.094274, and 1 - (sum of the other coefficients) = 0.042754, which
 restores normalisation and the design rate 0.85 (the printed value is evidently a transposition typo). All
-other rows sum to 1 within the printed precision (<= 3e-5) and are renormalised.
+other rows sum to 1 within the printed precision (<= 3e-5) and are renormalised. This is family "elkouss2009".
+
+Family "de" (``DE_DISTRIBUTIONS``, ``family="de"``): the Elkouss rows for rates 0.50-0.80 and, for the high
+rates (QBER 0.5-3 %), rows 0.79, 0.85, 0.90, 0.915, 0.93, 0.95 designed here by discretised density evolution and
+iterative linear programming (``qkdflow/distill/ldpc_design.py``), check-concentrated, f* = (1-R)/h(p*) = 1.03-1.06
+at the DE threshold (Elkouss rate 0.9: 1.156), built by PEG. Thresholds in ``FAMILY_THRESHOLDS``; measured
+results in the comment above ``_DE_HIGH``.
 
 Graph construction
 ------------------
@@ -52,6 +58,11 @@ import numpy as np
 
 __all__ = [
     "DEGREE_DISTRIBUTIONS",
+    "DE_DISTRIBUTIONS",
+    "FAMILIES",
+    "FAMILY_RATES",
+    "DEFAULT_FAMILY",
+    "default_construction",
     "TABLE_RATES",
     "LdpcCode",
     "build_code",
@@ -94,6 +105,65 @@ DE_THRESHOLDS: dict[float, float] = {0.90: 0.0109, 0.85: 0.0199, 0.80: 0.0298, 0
                                      0.65: 0.0633, 0.60: 0.0766, 0.55: 0.0904, 0.50: 0.1071}
 TABLE_RATES: tuple[float, ...] = tuple(sorted(DEGREE_DISTRIBUTIONS))
 
+# Family "de": rows designed here for the high rates (QBER 0.5-3 %) by discretised density evolution + iterative
+# linear programming (qkdflow/distill/ldpc_design.py; Richardson, Shokrollahi, Urbanke, IEEE T-IT 47, 619 (2001);
+# Chung et al., IEEE Commun. Lett. 5, 58 (2001)): check-concentrated rho (two adjacent degrees, the split sets the
+# design rate exactly), lambda (degrees <= 60, degree-2 nodes < m) maximising the rate at a design crossover,
+# coefficients rounded to 5 decimals. Rates 0.50-0.75 and 0.80 are the Elkouss et al. rows (0.80: f* = 1.038).
+# Rates: 0.95 / 0.93 / 0.915 / 0.90 / 0.85 / 0.79 are the mother codes that the rate-adaptive protocol picks at
+# QBER 0.5 / 0.7 / 1 / 1.3 / 2 / 3 % with little puncturing (puncturing is what costs most: DE of the rate-0.9 row
+# with 2 % of n punctured gives f* = 1.10 instead of 1.07 shortened-only). Command, e.g.:
+#   python -m qkdflow.distill.ldpc_design --rate 0.90 --dc 80 --p 0.0121 --dv-max 60 --tail 0.3 --rounds 12
+# (0.79: --dc 34 --p 0.0312 --start-lambda <Elkouss 0.80 row>; 0.85: --dc 48 --p 0.0205 --tail 0.1 from an
+# earlier dc-42 design; 0.915: --dc 94 --p 0.0102; 0.93: --dc 120 --p 0.0080; 0.95: --dc 160 --p 0.0052 --tail 0.4).
+# Thresholds p* and f* = (1-R)/h(p*): 0.79: 0.03167 / 1.036; 0.85: 0.02071 / 1.032 (Elkouss: 0.0199 / 1.069);
+# 0.90: 0.01232 / 1.044 (Elkouss: 0.0109 / 1.156); 0.915: 0.01013 / 1.041; 0.93: 0.00802 / 1.039;
+# 0.95: 0.00521 / 1.064. Designed rows are built by PEG (``default_construction``).
+# Measured (tools/bench_ldpc.py --family de --mode both --frames 64 --n 100000, seed 1; elkouss2009 in brackets):
+# one-shot f = 1.10 frames lost 47/64 (64/64) at QBER 0.5 %, 15/64 (64/64) at 1 %, 7/64 (35/64) at 2 %,
+# 0/64 (8/64) at 3 %; blind f = 1.145 (1.298) at 0.5 %, 1.105 (1.212) at 1 %, 1.093 (1.117) at 2 %,
+# 1.082 (1.136) at 3 %, with 2/64 and 1/64 frames lost at 0.5 / 1 % (0/64 in brackets): there the blind plan picks
+# the 0.95 / 0.915 code, whose fully shortened efficiency (1.22 / 1.17) some frames need more than. QBER >= 5 %:
+# identical (same graphs). A check degree this high costs throughput (more edges): 0.2-1 Mbit/s below 3 %.
+_DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
+    0.79: ({2: 0.05624, 3: 0.20327, 6: 0.02398, 8: 0.07655, 9: 0.05982, 10: 0.05982, 11: 0.05982, 12: 0.00967,
+            26: 0.18454, 35: 0.00086, 60: 0.26543},
+           {34: 0.951229, 35: 0.048771}),
+    0.85: ({2: 0.04, 3: 0.22238, 9: 0.15584, 10: 0.1628, 11: 0.0009, 22: 0.0016, 26: 0.01017, 27: 0.00903,
+            28: 0.02855, 29: 0.0675, 30: 0.0675, 31: 0.03101, 32: 0.00117, 51: 0.00486, 52: 0.01125, 53: 0.00944,
+            54: 0.0075, 60: 0.1685},
+           {48: 0.923995, 49: 0.076005}),
+    0.90: ({2: 0.0241, 3: 0.20562, 5: 0.00593, 7: 0.02409, 8: 0.06003, 9: 0.10534, 12: 0.12382, 17: 0.00346,
+            18: 0.00747, 19: 0.02253, 20: 0.02728, 21: 0.03016, 22: 0.01803, 23: 0.00207, 60: 0.34007},
+           {79: 0.585134, 80: 0.414866}),
+    0.915: ({2: 0.0204, 3: 0.20413, 8: 0.0216, 9: 0.2589, 17: 0.0225, 18: 0.00731, 19: 0.01399, 20: 0.03708,
+             21: 0.03213, 22: 0.0375, 23: 0.02197, 24: 0.0075, 25: 0.0025, 60: 0.31249},
+            {94: 0.001045, 95: 0.998955}),
+    0.93: ({2: 0.0161, 3: 0.19394, 8: 0.04995, 9: 0.22936, 12: 0.00089, 16: 0.00031, 17: 0.003, 18: 0.01335,
+            19: 0.0246, 20: 0.0164, 21: 0.04454, 22: 0.03, 23: 0.03, 24: 0.02013, 25: 0.00744, 60: 0.31999},
+           {120: 0.75821, 121: 0.24179}),
+    0.95: ({2: 0.01209, 3: 0.20328, 8: 0.15533, 9: 0.14207, 16: 0.01687, 17: 0.03385, 18: 0.045, 19: 0.04031,
+            20: 0.045, 21: 0.015, 22: 0.015, 23: 0.0012, 60: 0.275},
+           {160: 0.942745, 161: 0.057255}),
+}
+# BSC sum-product DE thresholds of the rows above (ldpc_design.threshold, LLR step 0.1, bisection to 0.2 %) and
+# the efficiency f* = (1 - R)/h(p*) there; the Elkouss rows as recomputed by the same code.
+_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.85: 0.02071, 0.90: 0.01232, 0.915: 0.01013,
+                                            0.93: 0.00802, 0.95: 0.00521}
+DE_DISTRIBUTIONS: dict[float, tuple[dict[int, float], dict[int, float]]] = {
+    **{r: v for r, v in DEGREE_DISTRIBUTIONS.items() if r not in _DE_HIGH}, **_DE_HIGH}
+FAMILIES: dict[str, dict[float, tuple[dict[int, float], dict[int, float]]]] = {
+    "elkouss2009": DEGREE_DISTRIBUTIONS, "de": DE_DISTRIBUTIONS}
+FAMILY_THRESHOLDS: dict[str, dict[float, float]] = {
+    "elkouss2009": DE_THRESHOLDS,
+    "de": {**{r: v for r, v in DE_THRESHOLDS.items() if r not in _DE_HIGH}, **_DE_HIGH_THRESHOLDS}}
+FAMILY_RATES: dict[str, tuple[float, ...]] = {k: tuple(sorted(v)) for k, v in FAMILIES.items()}
+# Graph construction used when none is given (``default_construction``): the designed rows of family "de" by PEG
+# (at n = 1e5 the random matching leaves 2e5-1e6 4-cycles in their dense high-rate graphs, PEG 61 at rate 0.90);
+# every Elkouss row by the random matching, in both families (the same graphs: results at QBER >= 5 % unchanged).
+FAMILY_CONSTRUCTION: dict[str, str] = {"elkouss2009": "random", "de": "peg"}
+DEFAULT_FAMILY = "elkouss2009"
+
 # Upper bound on the number of (variable, variable) pairs sharing a check that the 4-cycle search may hold.
 _MAX_PAIRS_FOR_GIRTH = 40_000_000
 _MIN_N = 256
@@ -119,6 +189,7 @@ class LdpcCode:
     shorten_order: np.ndarray   # int32: remaining symbols, in the order they are shortened
     four_cycles: int           # length-4 cycles left after construction (-1: not counted, too large)
     construction: str = "random"   # "random" (socket matching + 4-cycle removal) or "peg"
+    family: str = "elkouss2009"    # degree-distribution table (FAMILIES)
 
     @property
     def n_edges(self) -> int:
@@ -154,11 +225,34 @@ def _largest_remainder(total: int, fractions: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _check_rate(rate: float) -> float:
-    for r in TABLE_RATES:
+def _check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"family: must be one of {tuple(FAMILIES)}, got {family!r}")
+    return family
+
+
+def _check_rate(rate: float, family: str = "elkouss2009") -> float:
+    rates = FAMILY_RATES[_check_family(family)]
+    for r in rates:
         if abs(rate - r) < 1e-9:
             return r
-    raise ValueError(f"rate: {rate!r} is not a tabulated mother-code rate (choose from {list(TABLE_RATES)})")
+    raise ValueError(f"rate: {rate!r} is not a tabulated mother-code rate of family {family!r} "
+                     f"(choose from {list(rates)})")
+
+
+def default_construction(family: str, rate: float) -> str:
+    """The graph construction used for (family, rate) when none is given: PEG for the rows designed in family
+    "de" (``_DE_HIGH``), the random matching for the Elkouss et al. rows."""
+    if _check_family(family) == "de" and any(abs(rate - r) < 1e-9 for r in _DE_HIGH):
+        return FAMILY_CONSTRUCTION["de"]
+    return "random"
+
+
+def _construction(construction: str | None, family: str, rate: float) -> str:
+    construction = default_construction(family, rate) if construction is None else construction
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"construction: must be one of {CONSTRUCTIONS}, got {construction!r}")
+    return construction
 
 
 def count_four_cycles(code: LdpcCode) -> int:
@@ -203,9 +297,9 @@ PEG_MAX_DEPTH = 4
 PEG_EDGE_BUDGET = 1_500
 
 
-def _node_degrees(n: int, rate: float) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+def _node_degrees(n: int, rate: float, family: str = "elkouss2009") -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Variable degrees (ascending, exact node profile), m, and the check degree values/weights of ``rate``."""
-    lam, rho = DEGREE_DISTRIBUTIONS[rate]
+    lam, rho = FAMILIES[family][rate]
     vdeg_vals = np.array(sorted(lam), dtype=np.int64)
     lam_w = np.array([lam[d] for d in vdeg_vals], dtype=float)
     cdeg_vals = np.array(sorted(rho), dtype=np.int64)
@@ -225,7 +319,7 @@ def _node_degrees(n: int, rate: float) -> tuple[np.ndarray, int, np.ndarray, np.
 
 
 def build_code_peg(n: int, rate: float, seed: int, max_depth: int = PEG_MAX_DEPTH,
-                   edge_budget: int = PEG_EDGE_BUDGET) -> LdpcCode:
+                   edge_budget: int = PEG_EDGE_BUDGET, family: str = "elkouss2009") -> LdpcCode:
     """Mother code by progressive edge growth (Hu, Eleftheriou, Arnold, IEEE T-IT 51, 386 (2005)), C helper.
 
     Same variable-degree profile and m as ``build_code`` (the table's lambda, node perspective); check degrees
@@ -238,17 +332,17 @@ def build_code_peg(n: int, rate: float, seed: int, max_depth: int = PEG_MAX_DEPT
     if not hasattr(_ldpc, "peg"):
         raise ValueError("construction: peg needs a rebuilt C extension (python setup.py build_ext --inplace)")
     n = int(n)
-    var_degree, m, _, _ = _node_degrees(n, rate)
+    var_degree, m, _, _ = _node_degrees(n, rate, family)
     out = np.empty(int(var_degree.sum()), dtype=np.int32)
     mix = int(np.random.default_rng([int(seed), n, int(round(rate * 100)), 0x9E6]).integers(1, 2**62))
     _ldpc.peg(var_degree.astype(np.int32), m, mix, int(max_depth), int(edge_budget), out)
     ev = np.repeat(np.arange(n, dtype=np.int64), var_degree)
     ec = out.astype(np.int64)
     rng = np.random.default_rng([int(seed), n, int(round(rate * 100)), _FORMAT_VERSION, 0x9E6])
-    return _finish(n, m, rate, seed, ev, ec, var_degree, rng, four=-2, construction="peg")
+    return _finish(n, m, rate, seed, ev, ec, var_degree, rng, four=-2, construction="peg", family=family)
 
 
-def _finish(n, m, rate, seed, ev, ec, var_degree, rng, four, construction) -> LdpcCode:
+def _finish(n, m, rate, seed, ev, ec, var_degree, rng, four, construction, family) -> LdpcCode:
     """Sort edges by check, derive the puncturing / shortening orders, count 4-cycles if not known."""
     order = np.lexsort((ev, ec))
     edge_var = ev[order].astype(np.int32)
@@ -269,26 +363,28 @@ def _finish(n, m, rate, seed, ev, ec, var_degree, rng, four, construction) -> Ld
     shorten = rng.permutation(np.flatnonzero(mask)).astype(np.int32)
     return LdpcCode(n=n, m=m, rate=rate, seed=int(seed), check_ptr=check_ptr, edge_var=edge_var,
                     var_degree=var_degree.astype(np.int32), puncture_order=punct.astype(np.int32),
-                    shorten_order=shorten, four_cycles=four, construction=construction)
+                    shorten_order=shorten, four_cycles=four, construction=construction, family=family)
 
 
-def build_code(n: int, rate: float, seed: int, construction: str = DEFAULT_CONSTRUCTION) -> LdpcCode:
+def build_code(n: int, rate: float, seed: int, construction: str | None = None,
+               family: str = DEFAULT_FAMILY) -> LdpcCode:
     """Construct the mother code of length ``n`` and table ``rate`` deterministically from ``seed``.
 
-    ``construction``: "random" (vectorised socket matching, below) or "peg" (``build_code_peg``, C helper).
+    ``family``: the degree-distribution table ("elkouss2009" or "de", ``FAMILIES``); ``construction``:
+    "random" (vectorised socket matching, below) or "peg" (``build_code_peg``, C helper); None: the row's
+    default (``default_construction``).
     """
     if not isinstance(n, (int, np.integer)) or not (_MIN_N <= n <= _MAX_N):
         raise ValueError(f"n: must be an integer in [{_MIN_N}, {_MAX_N}], got {n!r}")
-    rate = _check_rate(rate)
+    rate = _check_rate(rate, family)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    if construction not in CONSTRUCTIONS:
-        raise ValueError(f"construction: must be one of {CONSTRUCTIONS}, got {construction!r}")
+    construction = _construction(construction, family, rate)
     if construction == "peg":
-        return build_code_peg(n, rate, seed)
+        return build_code_peg(n, rate, seed, family=family)
     n = int(n)
     rng = np.random.default_rng([int(seed), n, int(round(rate * 100)), _FORMAT_VERSION])
-    lam, rho = DEGREE_DISTRIBUTIONS[rate]
+    lam, rho = FAMILIES[family][rate]
     vdeg_vals = np.array(sorted(lam), dtype=np.int64)
     lam_w = np.array([lam[d] for d in vdeg_vals], dtype=float)
     cdeg_vals = np.array(sorted(rho), dtype=np.int64)
@@ -353,7 +449,7 @@ def build_code(n: int, rate: float, seed: int, construction: str = DEFAULT_CONST
     shorten = rng.permutation(np.flatnonzero(mask)).astype(np.int32)
     return LdpcCode(n=n, m=m, rate=rate, seed=int(seed), check_ptr=check_ptr, edge_var=edge_var,
                     var_degree=var_degree.astype(np.int32), puncture_order=punct.astype(np.int32),
-                    shorten_order=shorten, four_cycles=four)
+                    shorten_order=shorten, four_cycles=four, family=family)
 
 
 def _remove_parallel_edges(rest_v, rest_c, stair_v, stair_c, m, rng, max_rounds: int = 200):
@@ -489,26 +585,33 @@ def _untainted_order(var_degree, var_ptr, var_checks, m, rng) -> np.ndarray:
     return np.array(chosen, dtype=np.int64)
 
 
+def _row_digest(family: str, rate: float) -> str:
+    """6 hex digits of a family's (lambda, rho) row: a revised distribution never reuses a cached graph."""
+    lam, rho = FAMILIES[family][rate]
+    return hashlib.sha256(repr((sorted(lam.items()), sorted(rho.items()))).encode()).hexdigest()[:6]
+
+
 def _cache_dir() -> Path:
     base = os.environ.get("QKDFLOW_CACHE_DIR")
     return Path(base) if base else Path.home() / ".cache" / "qkdflow" / "ldpc"
 
 
 def load_or_build_code(n: int, rate: float, seed: int, cache: bool = True,
-                       construction: str = DEFAULT_CONSTRUCTION) -> LdpcCode:
+                       construction: str | None = None, family: str = DEFAULT_FAMILY) -> LdpcCode:
     """Return the mother code (n, rate, seed), from the on-disk cache if present (else build and store).
 
     Cache: ``$QKDFLOW_CACHE_DIR`` or ``~/.cache/qkdflow/ldpc``, one ``.npz`` per (n, rate, seed, format).
     A corrupt cache file is rebuilt, never trusted.
     """
-    rate = _check_rate(rate)
+    rate = _check_rate(rate, family)
     if not isinstance(n, (int, np.integer)) or not (_MIN_N <= n <= _MAX_N):
         raise ValueError(f"n: must be an integer in [{_MIN_N}, {_MAX_N}], got {n!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    if construction not in CONSTRUCTIONS:
-        raise ValueError(f"construction: must be one of {CONSTRUCTIONS}, got {construction!r}")
-    tag = "" if construction == "random" else f"_{construction}"
+    construction = _construction(construction, family, rate)
+    same_row = FAMILIES[family][rate] == DEGREE_DISTRIBUTIONS.get(rate)    # an Elkouss row: same graph, same file
+    tag = ("" if same_row else f"_{family}{_row_digest(family, rate)}") + (
+        "" if construction == "random" else f"_{construction}")
     path = _cache_dir() / f"ldpc_v{_FORMAT_VERSION}{tag}_n{int(n)}_r{int(round(rate * 100))}_s{int(seed)}.npz"
     if cache and path.exists():
         try:
@@ -516,14 +619,14 @@ def load_or_build_code(n: int, rate: float, seed: int, cache: bool = True,
                 code = LdpcCode(n=int(z["n"]), m=int(z["m"]), rate=float(z["rate"]), seed=int(z["seed"]),
                                 check_ptr=z["check_ptr"], edge_var=z["edge_var"], var_degree=z["var_degree"],
                                 puncture_order=z["puncture_order"], shorten_order=z["shorten_order"],
-                                four_cycles=int(z["four_cycles"]), construction=construction)
+                                four_cycles=int(z["four_cycles"]), construction=construction, family=family)
                 stored_fp = z["fingerprint"].tobytes()
             if (code.fingerprint == stored_fp and code.n == n and abs(code.rate - rate) < 1e-9
                     and code.seed == seed):
                 return code
         except Exception:  # noqa: BLE001 - any unreadable cache entry is simply rebuilt
             pass
-    code = build_code(n, rate, seed, construction)
+    code = build_code(n, rate, seed, construction, family)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
@@ -535,7 +638,9 @@ def load_or_build_code(n: int, rate: float, seed: int, cache: bool = True,
     return code
 
 
-def load_or_build_codes(n: int, seed: int, rates: tuple[float, ...] = TABLE_RATES,
-                        cache: bool = True, construction: str = DEFAULT_CONSTRUCTION) -> list[LdpcCode]:
-    """The pool of mother codes of length ``n`` (one per rate), as used by the rate-adaptive protocol."""
-    return [load_or_build_code(n, r, seed, cache=cache, construction=construction) for r in rates]
+def load_or_build_codes(n: int, seed: int, rates: tuple[float, ...] | None = None, cache: bool = True,
+                        construction: str | None = None, family: str = DEFAULT_FAMILY) -> list[LdpcCode]:
+    """The pool of mother codes of length ``n`` (one per rate; default: every rate of ``family``), as used by
+    the rate-adaptive protocol."""
+    rates = FAMILY_RATES[_check_family(family)] if rates is None else rates
+    return [load_or_build_code(n, r, seed, cache=cache, construction=construction, family=family) for r in rates]
