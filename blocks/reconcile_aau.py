@@ -38,7 +38,7 @@ class ReconcileAau(AauHalf):
         super().start()
         self._alice_ldpc = None
         if self.method == "ldpc":
-            codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
+            codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed, family=self.ldpc_family)
             self._alice_ldpc = ldpc.LdpcAlice(codes, seed=self.ldpc_seed, efficiency=self.ldpc_efficiency,
                                               blind_start=self.ldpc_blind_start, blind_step=self.ldpc_blind_step,
                                               blind_max=self.ldpc_blind_max)

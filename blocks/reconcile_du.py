@@ -31,7 +31,7 @@ import numpy as np
 from qkdflow.distill import cascade
 from qkdflow.distill.protocol import DuHalf, KeyBlock, ProtocolError, binary_entropy, envelope, sync_ports_in, \
     sync_ports_out
-from qkdflow.distill import ldpc
+from qkdflow.distill import ldpc, ldpc_codes
 from qkdflow.runtime.block import Message
 from qkdflow.runtime.params import Param
 
@@ -41,6 +41,9 @@ METHOD_PARAMS = (
           choices=tuple(sorted(cascade.VARIANTS))),
     Param("ldpc_code_bits", int, 10_000, unit="bits", doc="LDPC mother-code length n", low=256, high=4_000_000),
     Param("ldpc_code_seed", int, 1, doc="seed of the LDPC code construction (both ends)", low=0),
+    Param("ldpc_family", str, ldpc.DEFAULT_CODE_FAMILY,
+          doc="LDPC mother codes: de (density-evolution designed high rates) or elkouss2009",
+          choices=tuple(ldpc_codes.FAMILIES)),
     Param("ldpc_efficiency", float, 1.1, doc="one-shot LDPC: target reconciliation efficiency f (code rate choice)",
           low=1.0),
     Param("ldpc_mode", str, "blind", doc="LDPC rate: blind (adapted by reveal rounds) or oneshot (from the estimate)",
@@ -52,8 +55,8 @@ METHOD_PARAMS = (
     Param("ldpc_blind_max", float, ldpc.DEFAULT_BLIND_MAX,
           doc="blind LDPC: mother code = highest rate reaching this f when all is revealed", low=1.0, high=3.0),
 )
-METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed", "ldpc_efficiency", "ldpc_mode",
-                 "ldpc_blind_start", "ldpc_blind_step", "ldpc_blind_max")
+METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed", "ldpc_family", "ldpc_efficiency",
+                 "ldpc_mode", "ldpc_blind_start", "ldpc_blind_step", "ldpc_blind_max")
 
 
 def ldpc_frames(bits: np.ndarray, frame_bits: int) -> np.ndarray:
@@ -85,7 +88,7 @@ class ReconcileDu(DuHalf):
         super().start()
         self._bob_ldpc = None
         if self.method == "ldpc":
-            codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed)
+            codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed, family=self.ldpc_family)
             self._bob_ldpc = ldpc.LdpcBob(codes, max_iterations=self.ldpc_max_iterations)
             self._ldpc_frame_bits = ldpc.LdpcAlice(codes, seed=0, delta=ldpc.DEFAULT_DELTA).frame_bits
 

@@ -443,9 +443,14 @@ def test_plan_blind_picks_highest_rate_code_reaching_max_and_starts_at_start_eff
     code, p0, s0, step = plan_blind(pool, q, start=1.0, step=0.02, max_efficiency=1.15)
     d = round(0.1 * N)
     k = N - d
+    # the ceiling covers a frame 3 standard deviations of its error count above the estimate
+    ceiling = 1.15 * binary_entropy(q + ldpc.BLIND_MARGIN_SIGMAS * math.sqrt(q * (1 - q) / k)) / h
+    assert 1.15 * 1.05 < ceiling < 1.15 * 1.5
     assert p0 + s0 == d and 0 < p0 <= min(d, code.puncture_order.size)
-    assert code.m >= 1.15 * k * h
-    assert all(c.m < 1.15 * k * h for c in pool if c.m < code.m)          # no higher-rate code qualifies
+    assert code.m >= ceiling * k * h
+    assert all(c.m < ceiling * k * h for c in pool if c.m < code.m)          # no higher-rate code qualifies
+    # with no margin a higher-rate code would have been chosen: the margin matters at this frame size
+    assert any(1.15 * k * h <= c.m < code.m for c in pool)
     assert (code.m - p0) / (k * h) == pytest.approx(1.0, abs=1.0 / (k * h)) or p0 == min(d, code.puncture_order.size)
     assert step == math.ceil(0.02 * k * h)
 
@@ -857,3 +862,15 @@ def test_de_family_codes_build_cache_and_decode(tmp_path, monkeypatch):
         assert msg.m == pool[1 - i].m                          # 0.4 % -> rate 0.95, 0.9 % -> rate 0.90
         r = bob.decode(b, msg)
         assert r.converged and np.array_equal(r.corrected, a)
+
+
+def test_small_frames_leave_out_rows_whose_degrees_do_not_fit():
+    # the designed rows reach variable degree 60: a 1024-bit frame has too few checks for the high rates
+    lam_max = {r: max(ldpc_codes.FAMILIES["de"][r][0]) for r in ldpc_codes.FAMILY_RATES["de"]}
+    fits = [r for r in ldpc_codes.FAMILY_RATES["de"] if round((1 - r) * 1024) >= 2 * lam_max[r]]
+    assert 0 < len(fits) < len(ldpc_codes.FAMILY_RATES["de"])
+    assert [r for r in ldpc_codes.FAMILY_RATES["de"] if ldpc_codes.buildable(1024, r, "de")] == fits
+    assert all(ldpc_codes.buildable(100_000, r, "de") for r in ldpc_codes.FAMILY_RATES["de"])
+    pool = ldpc_codes.load_or_build_codes(1024, 3, family="de", cache=False)
+    assert sorted(round(c.rate, 3) for c in pool) == sorted(round(r, 3) for r in fits)
+    assert ldpc.DEFAULT_CODE_FAMILY == "de"

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blind-max", type=float, default=ldpc.DEFAULT_BLIND_MAX)
     ap.add_argument("--round-iterations", type=int, default=ldpc.DEFAULT_ROUND_ITERATIONS)
     ap.add_argument("--cold", action="store_true", help="blind: restart every attempt from the channel LLRs")
-    ap.add_argument("--family", choices=tuple(ldpc_codes.FAMILIES), default=ldpc_codes.DEFAULT_FAMILY,
+    ap.add_argument("--family", choices=tuple(ldpc_codes.FAMILIES), default=ldpc.DEFAULT_CODE_FAMILY,
                     help="degree-distribution family of the mother codes")
     ap.add_argument("--construction", choices=ldpc_codes.CONSTRUCTIONS, default=None,
                     help="mother-code graph construction (default: per row, ldpc_codes.default_construction)")

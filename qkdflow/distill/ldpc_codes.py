@@ -68,6 +68,7 @@ __all__ = [
     "build_code",
     "load_or_build_code",
     "load_or_build_codes",
+    "buildable",
     "count_four_cycles",
 ]
 
@@ -162,7 +163,7 @@ FAMILY_RATES: dict[str, tuple[float, ...]] = {k: tuple(sorted(v)) for k, v in FA
 # (at n = 1e5 the random matching leaves 2e5-1e6 4-cycles in their dense high-rate graphs, PEG 61 at rate 0.90);
 # every Elkouss row by the random matching, in both families (the same graphs: results at QBER >= 5 % unchanged).
 FAMILY_CONSTRUCTION: dict[str, str] = {"elkouss2009": "random", "de": "peg"}
-DEFAULT_FAMILY = "elkouss2009"
+DEFAULT_FAMILY = "elkouss2009"   # of a single code (build_code); the protocol's pool: ldpc.DEFAULT_CODE_FAMILY
 
 # Upper bound on the number of (variable, variable) pairs sharing a check that the 4-cycle search may hold.
 _MAX_PAIRS_FOR_GIRTH = 40_000_000
@@ -642,5 +643,14 @@ def load_or_build_codes(n: int, seed: int, rates: tuple[float, ...] | None = Non
                         construction: str | None = None, family: str = DEFAULT_FAMILY) -> list[LdpcCode]:
     """The pool of mother codes of length ``n`` (one per rate; default: every rate of ``family``), as used by
     the rate-adaptive protocol."""
-    rates = FAMILY_RATES[_check_family(family)] if rates is None else rates
+    if rates is None:  # every rate of the family whose graph fits n (a short frame has few checks)
+        rates = tuple(r for r in FAMILY_RATES[_check_family(family)] if buildable(n, r, family))
     return [load_or_build_code(n, r, seed, cache=cache, construction=construction, family=family) for r in rates]
+
+
+def buildable(n: int, rate: float, family: str = DEFAULT_FAMILY) -> bool:
+    """Whether (n, rate) of ``family`` has room for its largest variable degree: at least twice as many checks
+    (a variable node needs that many distinct checks; the designed high-rate rows reach degree 60, so rate 0.95
+    needs n >= 2400). The same answer at both ends, so both build the same pool."""
+    lam, _ = FAMILIES[_check_family(family)][_check_rate(rate, family)]
+    return int(round((1.0 - rate) * int(n))) >= 2 * max(lam)
