@@ -47,8 +47,10 @@ flipping the sign of each check's outgoing messages. Two implementations:
     refreshed at once; Hocevar, SiPS 2004), converging in about half the iterations, phi from a table.
   * C (``qkdflow.distill._ldpc``, built by setup.py, optional; the default when present, ``QKDFLOW_NO_CEXT=1``
     disables it): the same layered schedule on float32 messages with phi from a log-spaced table, and a
-    16-frame AVX-512 kernel (``LdpcBob.decode_many``: frames of one code decoded in lock-step, one frame per
-    SIMD lane, phi from a per-octave quartic) used where the CPU has AVX-512F.
+    16-lane AVX-512 kernel (``LdpcBob.decode_many``: frames of one code decoded side by side, one frame per
+    SIMD lane, phi from a per-octave quartic) used where the CPU has AVX-512F; with AVX-512DQ and F16C the
+    streaming variant (a lane whose frame has converged takes the next frame, posterior rows prefetched, check
+    messages stored as float16, hard decisions packed for the convergence test: ~2.3x).
 ``DECODER`` names the single-frame path in use ("c", "numba" or "numpy").
 
 Min-sum (``algorithm="min-sum"``, C only): layered normalised + offset min-sum (Chen & Fossorier, IEEE Trans.

@@ -25,7 +25,7 @@ from .block import DONE, Block, BlockError, Frame
 from . import liveness
 from .auth import AuthFailure, NodeAuth
 from .graph import Edge, Graph
-from .transport import POLL_MS, EdgeReceiver, EdgeSender, Stopped
+from .transport import POLL_MS, EdgeReceiver, EdgeSender, Stopped, tune_malloc
 
 
 @dataclass
@@ -324,6 +324,7 @@ class NodeRunner:
             raise KeyError(f"no node {name!r} in flowgraph {graph.name} (nodes: {', '.join(graph.nodes)})")
         self.graph, self.name = graph, name
         self._own_ctx = ctx is None  # our own context is termed at the end: last parts leave before exit
+        tune_malloc()  # before ZeroMQ allocates its first message buffer
         self.ctx = ctx or zmq.Context()
         self.stop = threading.Event()
         self.bound = threading.Event()
