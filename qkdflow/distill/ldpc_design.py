@@ -370,33 +370,6 @@ def rho_for_rate(lam: Distribution, rate: float) -> Distribution:
     return {d: round(r, 6), d + 1: round(1 - round(r, 6), 6)} if r < 1 - 1e-9 else {d: 1.0}
 
 
-def cap_degree_2(lam: Distribution, rho: Distribution, rate: float,
-                 deg2_per_check: float | None = DEG2_PER_CHECK) -> tuple[Distribution, Distribution]:
-    """After ``rho_for_rate`` raised the check degree, degree-2 nodes may exceed deg2_per_check * m: move the
-    excess of lambda_2 to degree 3 and refit rho (a small rate-preserving change; the threshold is recomputed)."""
-    if deg2_per_check is None or 2 not in lam:
-        return lam, rho
-    for _ in range(5):
-        cap = 2.0 * deg2_per_check * sum(v / k for k, v in rho.items())
-        if lam[2] <= cap:
-            break
-        excess = round(lam[2] - 0.999 * cap + 5e-6, 5)
-        lam = dict(lam)
-        lam[2] = round(lam[2] - excess, 5)
-        lam[3] = round(lam.get(3, 0.0) + excess, 5)
-        rho = rho_for_rate(lam, rate)
-    return lam, rho
-
-
-@dataclass
-class DesignResult:
-    rate: float
-    lam: Distribution
-    rho: Distribution
-    p_star: float
-    f_star: float
-
-
 def lambda2_cap(rho: Distribution, p: float, deg2_per_check: float | None = DEG2_PER_CHECK) -> float:
     """Largest lambda_2: the stability condition lambda_2 rho'(1) 2 sqrt(p(1-p)) <= 1 (RSU 2001, Thm. 5) and,
     if ``deg2_per_check`` is given, degree-2 nodes <= deg2_per_check * m (lambda_2 / 2 <= c sum_j rho_j / j)."""
