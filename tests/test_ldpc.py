@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -776,8 +777,31 @@ def test_de_family_distributions_are_normalised_check_concentrated_and_near_capa
         assert lam.get(2, 0.0) * rho_p1 * 2 * math.sqrt(p_star * (1 - p_star)) < 1.0
         assert lam.get(2, 0.0) / 2 < sum(v / k for k, v in rho.items())
     # the designed rows beat Elkouss et al.'s f* = (1 - R)/h(p*) (1.069 at 0.85, 1.156 at 0.90) clearly
-    f_de = {r: ldpc_design.efficiency_at_threshold(r, ldpc_codes.FAMILY_THRESHOLDS["de"][r]) for r in (0.85, 0.9)}
+    f_de = {r: ldpc_design.efficiency_at_threshold(r, ldpc_codes.FAMILY_THRESHOLDS["de"][r])
+            for r in (0.84, 0.85, 0.875, 0.9)}
     assert f_de[0.85] < 1.04 and f_de[0.9] < 1.05
+    assert f_de[0.84] < 1.04 and f_de[0.875] < 1.04                  # the gap-filling rows (1.032 / 1.034)
+
+
+def test_blind_plan_at_n_1e5_uses_the_gap_filling_rows():
+    # plan_blind takes the highest rate whose fully shortened efficiency reaches 1.15 h(q + 3 sigma)/h(q): at
+    # n = 1e5 that is R <= 0.848 at QBER 2 % and R <= 0.889 / 0.876 at 1.3 / 1.5 %. Without rows 0.84 / 0.875
+    # it fell back to 0.80 / 0.85 and punctured 3-6 % of n (measured blind f 1.147 / 1.140 / 1.125). Stand-ins
+    # carry the sizes plan_blind reads (building the n = 1e5 PEG pool takes ~35 s).
+    n = 100_000
+
+    def pool(rates):
+        return [SimpleNamespace(n=n, m=round((1 - r) * n), rate=r, puncture_order=np.arange(n // 10),
+                                shorten_order=np.arange(n)) for r in rates]
+
+    rates = ldpc_codes.FAMILY_RATES["de"]
+    old = [r for r in rates if r not in (0.84, 0.875)]
+    for q, new_rate, old_rate in ((0.013, 0.875, 0.85), (0.015, 0.875, 0.85), (0.02, 0.84, 0.80)):
+        code, p0, s0, _ = plan_blind(pool(rates), q)
+        assert code.rate == new_rate
+        assert plan_blind(pool(old), q)[0].rate == old_rate
+        assert p0 < plan_blind(pool(old), q)[1]                      # fewer punctured symbols to start with
+    assert plan_blind(pool(rates), 0.025)[0].rate == 0.80               # 2.5 %: R <= 0.817, the Elkouss 0.80 row
 
 
 @pytest.mark.parametrize("rate", sorted(ldpc_codes._DE_HIGH))

@@ -12,10 +12,10 @@ restores normalisation and the design rate 0.85 (the printed value is evidently 
 other rows sum to 1 within the printed precision (<= 3e-5) and are renormalised. This is family "elkouss2009".
 
 Family "de" (``DE_DISTRIBUTIONS``, ``family="de"``): the Elkouss rows for rates 0.50-0.80 and, for the high
-rates (QBER 0.5-3 %), rows 0.79, 0.85, 0.90, 0.915, 0.93, 0.95 designed here by discretised density evolution and
-iterative linear programming (``qkdflow/distill/ldpc_design.py``), check-concentrated, f* = (1-R)/h(p*) = 1.03-1.06
-at the DE threshold (Elkouss rate 0.9: 1.156), built by PEG. Thresholds in ``FAMILY_THRESHOLDS``; measured
-results in the comment above ``_DE_HIGH``.
+rates (QBER 0.5-3 %), rows 0.79, 0.84, 0.85, 0.875, 0.90, 0.915, 0.93, 0.95 designed here by discretised density
+evolution and iterative linear programming (``qkdflow/distill/ldpc_design.py``), check-concentrated,
+f* = (1-R)/h(p*) = 1.03-1.06 at the DE threshold (Elkouss rate 0.9: 1.156), built by PEG. Thresholds in
+``FAMILY_THRESHOLDS``; measured results in the comment above ``_DE_HIGH``.
 
 Graph construction
 ------------------
@@ -126,14 +126,30 @@ TABLE_RATES: tuple[float, ...] = tuple(sorted(DEGREE_DISTRIBUTIONS))
 # 1.082 (1.136) at 3 %, with 2/64 and 1/64 frames lost at 0.5 / 1 % (0/64 in brackets): there the blind plan picks
 # the 0.95 / 0.915 code, whose fully shortened efficiency (1.22 / 1.17) some frames need more than. QBER >= 5 %:
 # identical (same graphs). A check degree this high costs throughput (more edges): 0.2-1 Mbit/s below 3 %.
+# Rows 0.84 and 0.875 fill the gaps of the blind plan (ldpc.plan_blind: highest rate whose fully shortened
+# efficiency reaches 1.15 h(q + 3 sigma)/h(q); at n = 1e5 that is R <= 0.848 at QBER 2 %, R <= 0.889 / 0.876 at
+# 1.3 / 1.5 %, so without them it fell back to the 0.80 / 0.85 rows and punctured heavily). Commands:
+#   python -m qkdflow.distill.ldpc_design --rate 0.84 --dc 45 --p 0.0222 --dv-max 60 --tail 0.1 --rounds 12 \
+#       --start-lambda <0.85 row>      (p* 0.02247, f* 1.032; 8.5 min)
+#   python -m qkdflow.distill.ldpc_design --rate 0.875 --dc 60 --p 0.0163 --dv-max 60 --tail 0.1 --rounds 12 \
+#       --start-lambda <0.85 row>      (p* 0.01643, f* 1.034; 4 min)
+# Measured (tools/bench_ldpc.py --mode blind --frames 64 --n 100000, seed 1; without the two rows in brackets):
+# blind f = 1.126 (1.140) at QBER 1.3 %, 1.102 (1.125) at 1.5 %, 1.099 (1.147) at 2 %, 1.116 (1.116) at 2.5 %,
+# 0/64 frames lost everywhere; n = 1e4 unchanged (the 3-sigma margin picks the 0.80 / 0.75 rows at 2 / 3 %).
 _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     0.79: ({2: 0.05624, 3: 0.20327, 6: 0.02398, 8: 0.07655, 9: 0.05982, 10: 0.05982, 11: 0.05982, 12: 0.00967,
             26: 0.18454, 35: 0.00086, 60: 0.26543},
            {34: 0.951229, 35: 0.048771}),
+    0.84: ({2: 0.04264, 3: 0.22092, 9: 0.13605, 10: 0.18262, 29: 0.11325, 30: 0.09559, 56: 0.00655, 57: 0.01825,
+            58: 0.0225, 59: 0.02134, 60: 0.14029},
+           {44: 0.020977, 45: 0.979023}),
     0.85: ({2: 0.04, 3: 0.22238, 9: 0.15584, 10: 0.1628, 11: 0.0009, 22: 0.0016, 26: 0.01017, 27: 0.00903,
             28: 0.02855, 29: 0.0675, 30: 0.0675, 31: 0.03101, 32: 0.00117, 51: 0.00486, 52: 0.01125, 53: 0.00944,
             54: 0.0075, 60: 0.1685},
            {48: 0.923995, 49: 0.076005}),
+    0.875: ({2: 0.03207, 3: 0.21729, 9: 0.1539, 10: 0.16643, 28: 0.02693, 29: 0.12824, 30: 0.06257, 57: 0.04515,
+             58: 0.02757, 59: 0.0007, 60: 0.13915},
+            {60: 0.973771, 61: 0.026229}),
     0.90: ({2: 0.0241, 3: 0.20562, 5: 0.00593, 7: 0.02409, 8: 0.06003, 9: 0.10534, 12: 0.12382, 17: 0.00346,
             18: 0.00747, 19: 0.02253, 20: 0.02728, 21: 0.03016, 22: 0.01803, 23: 0.00207, 60: 0.34007},
            {79: 0.585134, 80: 0.414866}),
@@ -149,8 +165,8 @@ _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
 }
 # BSC sum-product DE thresholds of the rows above (ldpc_design.threshold, LLR step 0.1, bisection to 0.2 %) and
 # the efficiency f* = (1 - R)/h(p*) there; the Elkouss rows as recomputed by the same code.
-_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.85: 0.02071, 0.90: 0.01232, 0.915: 0.01013,
-                                            0.93: 0.00802, 0.95: 0.00521}
+_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.84: 0.02247, 0.85: 0.02071, 0.875: 0.01643,
+                                            0.90: 0.01232, 0.915: 0.01013, 0.93: 0.00802, 0.95: 0.00521}
 DE_DISTRIBUTIONS: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     **{r: v for r, v in DEGREE_DISTRIBUTIONS.items() if r not in _DE_HIGH}, **_DE_HIGH}
 FAMILIES: dict[str, dict[float, tuple[dict[int, float], dict[int, float]]]] = {
