@@ -26,6 +26,10 @@ from typing import Mapping
 
 import numpy as np
 
+# module level, not in _recorded: block threads call _recorded concurrently, and CPython 3.11.7 can fail compiling
+# a module in two threads at once ("AST constructor recursion depth mismatch", seen in a fresh venv)
+from .streams import PREP_DTYPE
+
 __all__ = ["GOLDEN", "mix64", "stream_keys", "random_u64", "uniform", "bernoulli", "prep_choices",
            "prep_descriptor", "STREAM_INTENSITY", "STREAM_BASIS", "STREAM_BIT", "STREAM_PREP_FLIP"]
 
@@ -86,7 +90,6 @@ def prep_descriptor(seed: int, probabilities: tuple[float, float, float] | list[
 
 @functools.lru_cache(maxsize=16)
 def _recorded(path: str) -> np.ndarray:
-    from .streams import PREP_DTYPE
     arr = np.load(path, mmap_mode="r")
     if arr.dtype != PREP_DTYPE or arr.ndim != 1:
         raise ValueError(f"record_file: {path} must hold a 1-D array of PREP_DTYPE, got {arr.dtype} {arr.shape}")
