@@ -133,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (f", stall {args.stall}" if args.stall else ""))
     else:
         path = f"{ldpc.DECODER} (C extension not built or QKDFLOW_NO_CEXT=1)"
-    construction = args.construction       # None: each row's default (ldpc_codes.default_construction)
     print(f"decoder: {path}; {args.decoder}, max {args.max_iterations} iterations; codes: {args.family}, "
-          f"{construction or 'default construction'}; "
+          f"{args.construction or 'default construction'}; "
           f"one-shot target f = "
           f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
           f"{args.round_iterations} iterations per attempt, {'cold' if args.cold else 'warm'} restarts")
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.n:
         t0 = time.perf_counter()
         try:
-            codes = load_or_build_codes(n, args.seed, rates=args.rates, construction=construction,
+            codes = load_or_build_codes(n, args.seed, rates=args.rates, construction=args.construction,
                                         family=args.family)
         except ValueError as exc:
             ap.error(str(exc))

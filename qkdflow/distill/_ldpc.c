@@ -72,29 +72,39 @@ static int build_phi_table(void)
 #define PHI_DEG 4
 static float phi_poly[PHI_DEG + 1][PHI_NSEG];
 
+/* Least-squares quartic of phi over the octave [2^k, 2^(k+1)) (257 points), in the variable t = x / 2^k - 1 + t0
+ * (t0 = 0: the fraction, t0 = 1: the mantissa); octave 30 and above hold the constant phi(64). */
+static void fit_octave(int sgm, double t0, double coef[PHI_DEG + 1])
+{
+    double A[PHI_DEG + 1][PHI_DEG + 2];
+    memset(A, 0, sizeof A);
+    int k = sgm - 24;
+    for (int i = 0; i <= 256; i++) {
+        double f = i / 256.0, t = t0 + f, x = ldexp(1.0 + f, k);
+        double y = sgm < 30 ? -log(tanh(0.5 * x)) : -log(tanh(32.0));
+        double pw[PHI_DEG + 1];
+        pw[0] = 1.0;
+        for (int j = 1; j <= PHI_DEG; j++) pw[j] = pw[j - 1] * t;
+        for (int r = 0; r <= PHI_DEG; r++) {
+            for (int c = 0; c <= PHI_DEG; c++) A[r][c] += pw[r] * pw[c];
+            A[r][PHI_DEG + 1] += pw[r] * y;
+        }
+    }
+    for (int c = 0; c <= PHI_DEG; c++)          /* Gauss-Jordan (the normal matrix is SPD) */
+        for (int r = 0; r <= PHI_DEG; r++) {
+            if (r == c) continue;
+            double q = A[r][c] / A[c][c];
+            for (int j = c; j <= PHI_DEG + 1; j++) A[r][j] -= q * A[c][j];
+        }
+    for (int j = 0; j <= PHI_DEG; j++) coef[j] = A[j][PHI_DEG + 1] / A[j][j];
+}
+
 static void fit_phi_poly(void)
 {
     for (int sgm = 0; sgm < PHI_NSEG; sgm++) {
-        double A[PHI_DEG + 1][PHI_DEG + 2];
-        memset(A, 0, sizeof A);
-        int k = sgm - 24;
-        for (int i = 0; i <= 256; i++) {
-            double f = i / 256.0, x = ldexp(1.0 + f, k), y = sgm < 30 ? -log(tanh(0.5 * x)) : -log(tanh(32.0));
-            double pw[PHI_DEG + 1];
-            pw[0] = 1.0;
-            for (int j = 1; j <= PHI_DEG; j++) pw[j] = pw[j - 1] * f;
-            for (int r = 0; r <= PHI_DEG; r++) {
-                for (int c = 0; c <= PHI_DEG; c++) A[r][c] += pw[r] * pw[c];
-                A[r][PHI_DEG + 1] += pw[r] * y;
-            }
-        }
-        for (int c = 0; c <= PHI_DEG; c++)          /* Gauss-Jordan (the normal matrix is SPD) */
-            for (int r = 0; r <= PHI_DEG; r++) {
-                if (r == c) continue;
-                double q = A[r][c] / A[c][c];
-                for (int j = c; j <= PHI_DEG + 1; j++) A[r][j] -= q * A[c][j];
-            }
-        for (int j = 0; j <= PHI_DEG; j++) phi_poly[j][sgm] = sgm <= 30 ? (float)(A[j][PHI_DEG + 1] / A[j][j]) : 0.0f;
+        double coef[PHI_DEG + 1];
+        fit_octave(sgm, 0.0, coef);
+        for (int j = 0; j <= PHI_DEG; j++) phi_poly[j][sgm] = sgm <= 30 ? (float)coef[j] : 0.0f;
     }
 }
 
@@ -107,26 +117,10 @@ static void fit_phi_polym(void)
 {
     memset(phi_polym, 0, sizeof phi_polym);
     for (int sgm = 0; sgm <= 30; sgm++) {
-        double A[PHI_DEG + 1][PHI_DEG + 2];
-        memset(A, 0, sizeof A);
-        int k = sgm - 24, slot = (k + 127) & 31;
-        for (int i = 0; i <= 256; i++) {
-            double mm = 1.0 + i / 256.0, x = ldexp(mm, k), y = sgm < 30 ? -log(tanh(0.5 * x)) : -log(tanh(32.0));
-            double pw[PHI_DEG + 1];
-            pw[0] = 1.0;
-            for (int j = 1; j <= PHI_DEG; j++) pw[j] = pw[j - 1] * mm;
-            for (int r = 0; r <= PHI_DEG; r++) {
-                for (int c = 0; c <= PHI_DEG; c++) A[r][c] += pw[r] * pw[c];
-                A[r][PHI_DEG + 1] += pw[r] * y;
-            }
-        }
-        for (int c = 0; c <= PHI_DEG; c++)
-            for (int r = 0; r <= PHI_DEG; r++) {
-                if (r == c) continue;
-                double q = A[r][c] / A[c][c];
-                for (int j = c; j <= PHI_DEG + 1; j++) A[r][j] -= q * A[c][j];
-            }
-        for (int j = 0; j <= PHI_DEG; j++) phi_polym[j][slot] = (float)(A[j][PHI_DEG + 1] / A[j][j]);
+        double coef[PHI_DEG + 1];
+        fit_octave(sgm, 1.0, coef);
+        int slot = (sgm - 24 + 127) & 31;
+        for (int j = 0; j <= PHI_DEG; j++) phi_polym[j][slot] = (float)coef[j];
     }
 }
 

@@ -362,12 +362,12 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
     h = binary_entropy(qber_estimate)
     ordered = sorted(codes, key=lambda c: c.m)
 
-    def ceiling(c: LdpcCode) -> float:   # max_efficiency for a frame BLIND_MARGIN_SIGMAS above the mean QBER
+    def reaches(c: LdpcCode) -> bool:   # fully shortened, f >= max_efficiency for a frame z sigma above the mean
         k = c.n - round(delta * c.n)
         q_hi = min(qber_estimate + BLIND_MARGIN_SIGMAS * math.sqrt(qber_estimate * (1 - qber_estimate) / k), 0.5)
-        return max_efficiency * binary_entropy(q_hi) / h
+        return c.m >= max_efficiency * k * binary_entropy(q_hi)
 
-    code = next((c for c in ordered if c.m >= ceiling(c) * (c.n - round(delta * c.n)) * h), ordered[-1])
+    code = next((c for c in ordered if reaches(c)), ordered[-1])
     d = int(round(delta * code.n))
     kh = (code.n - d) * h
     p_cap = min(d, int(code.puncture_order.size))

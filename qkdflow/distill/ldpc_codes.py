@@ -123,8 +123,9 @@ TABLE_RATES: tuple[float, ...] = tuple(sorted(DEGREE_DISTRIBUTIONS))
 # Measured (tools/bench_ldpc.py --family de --mode both --frames 64 --n 100000, seed 1; elkouss2009 in brackets):
 # one-shot f = 1.10 frames lost 47/64 (64/64) at QBER 0.5 %, 15/64 (64/64) at 1 %, 7/64 (35/64) at 2 %,
 # 0/64 (8/64) at 3 %; blind f = 1.145 (1.298) at 0.5 %, 1.105 (1.212) at 1 %, 1.093 (1.117) at 2 %,
-# 1.082 (1.136) at 3 %, with 2/64 and 1/64 frames lost at 0.5 / 1 % (0/64 in brackets): there the blind plan picks
-# the 0.95 / 0.915 code, whose fully shortened efficiency (1.22 / 1.17) some frames need more than. QBER >= 5 %:
+# 1.082 (1.136) at 3 %, with 2/64 and 1/64 frames lost at 0.5 / 1 % (0/64 in brackets) under the blind plan's former
+# fixed 1.15 ceiling (it picked the 0.95 / 0.915 codes, fully shortened f 1.22 / 1.17); the 3-sigma ceiling of
+# ldpc.plan_blind now loses none (README's LDPC rows for the current figures). QBER >= 5 %:
 # identical (same graphs). A check degree this high costs throughput (more edges): 0.2-1 Mbit/s below 3 %.
 # Rows 0.84 and 0.875 fill the gaps of the blind plan (ldpc.plan_blind: highest rate whose fully shortened
 # efficiency reaches 1.15 h(q + 3 sigma)/h(q); at n = 1e5 that is R <= 0.848 at QBER 2 %, R <= 0.889 / 0.876 at
@@ -178,7 +179,6 @@ FAMILY_RATES: dict[str, tuple[float, ...]] = {k: tuple(sorted(v)) for k, v in FA
 # Graph construction used when none is given (``default_construction``): the designed rows of family "de" by PEG
 # (at n = 1e5 the random matching leaves 2e5-1e6 4-cycles in their dense high-rate graphs, PEG 61 at rate 0.90);
 # every Elkouss row by the random matching, in both families (the same graphs: results at QBER >= 5 % unchanged).
-FAMILY_CONSTRUCTION: dict[str, str] = {"elkouss2009": "random", "de": "peg"}
 DEFAULT_FAMILY = "elkouss2009"   # of a single code (build_code); the protocol's pool: ldpc.DEFAULT_CODE_FAMILY
 
 # Upper bound on the number of (variable, variable) pairs sharing a check that the 4-cycle search may hold.
@@ -248,7 +248,7 @@ def _check_family(family: str) -> str:
     return family
 
 
-def _check_rate(rate: float, family: str = "elkouss2009") -> float:
+def _check_rate(rate: float, family: str = DEFAULT_FAMILY) -> float:
     rates = FAMILY_RATES[_check_family(family)]
     for r in rates:
         if abs(rate - r) < 1e-9:
@@ -261,7 +261,7 @@ def default_construction(family: str, rate: float) -> str:
     """The graph construction used for (family, rate) when none is given: PEG for the rows designed in family
     "de" (``_DE_HIGH``), the random matching for the Elkouss et al. rows."""
     if _check_family(family) == "de" and any(abs(rate - r) < 1e-9 for r in _DE_HIGH):
-        return FAMILY_CONSTRUCTION["de"]
+        return "peg"
     return "random"
 
 
@@ -307,14 +307,13 @@ def _pair_keys(check_ptr: np.ndarray, edge_var: np.ndarray, n: int,
 
 
 CONSTRUCTIONS = ("random", "peg")
-DEFAULT_CONSTRUCTION = "random"
 # PEG search limits (see _ldpc.c): breadth-first levels and edges visited per edge placed. 4 levels is local girth
 # up to 10 where the neighbourhood is still small; the budget keeps n = 1e5 builds at a few seconds.
 PEG_MAX_DEPTH = 4
 PEG_EDGE_BUDGET = 1_500
 
 
-def _node_degrees(n: int, rate: float, family: str = "elkouss2009") -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+def _node_degrees(n: int, rate: float, family: str = DEFAULT_FAMILY) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Variable degrees (ascending, exact node profile), m, and the check degree values/weights of ``rate``."""
     lam, rho = FAMILIES[family][rate]
     vdeg_vals = np.array(sorted(lam), dtype=np.int64)
@@ -336,7 +335,7 @@ def _node_degrees(n: int, rate: float, family: str = "elkouss2009") -> tuple[np.
 
 
 def build_code_peg(n: int, rate: float, seed: int, max_depth: int = PEG_MAX_DEPTH,
-                   edge_budget: int = PEG_EDGE_BUDGET, family: str = "elkouss2009") -> LdpcCode:
+                   edge_budget: int = PEG_EDGE_BUDGET, family: str = DEFAULT_FAMILY) -> LdpcCode:
     """Mother code by progressive edge growth (Hu, Eleftheriou, Arnold, IEEE T-IT 51, 386 (2005)), C helper.
 
     Same variable-degree profile and m as ``build_code`` (the table's lambda, node perspective); check degrees

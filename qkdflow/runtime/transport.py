@@ -51,7 +51,8 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators behave differently
         return False
     m_trim, m_mmap = -1, -3  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD (malloc.h)
-    _malloc_tuned = bool(mallopt(m_mmap, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(mallopt(m_trim, MALLOC_TRIM_THRESHOLD_BYTES))
+    _malloc_tuned = bool(mallopt(m_mmap, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(m_trim, MALLOC_TRIM_THRESHOLD_BYTES))
     return _malloc_tuned
 
 
