@@ -65,6 +65,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy.optimize import linprog
 
+from qkdflow.distill.ldpc import binary_entropy
+
 __all__ = [
     "DensityEvolution",
     "Distribution",
@@ -95,13 +97,9 @@ def design_rate(lam: Distribution, rho: Distribution) -> float:
     return 1.0 - sum(v / k for k, v in rho.items()) / sum(v / k for k, v in lam.items())
 
 
-def _h2(p: float) -> float:
-    return 0.0 if p <= 0 or p >= 1 else -p * math.log2(p) - (1 - p) * math.log2(1 - p)
-
-
 def efficiency_at_threshold(rate: float, p_star: float) -> float:
     """f = (1 - R) / h(p*): the best efficiency the ensemble reaches (infinite length, no puncturing)."""
-    return (1.0 - rate) / _h2(p_star)
+    return (1.0 - rate) / binary_entropy(p_star)
 
 
 class DensityEvolution:
