@@ -2,7 +2,7 @@
 
 Protocol: see ``blocks/reconcile_du.py`` (stage "ec"). Alice's key is the reference and never changes. The AAU
 counts every bit it discloses (Cascade: the parity bits of its replies; LDPC: m - p per syndrome frame, plus every
-punctured value revealed in blind mode) and, on the
+punctured value and extension syndrome bit revealed in blind mode) and, on the
 DU's ``done``, checks that the DU's count equals its own before handing the block to verify_aau (a mismatch
 aborts the block at both ends). LDPC punctured symbols must be secret random bits: ``ldpc_seed`` unset (default)
 draws them from OS entropy; set it only for reproducible simulations.
@@ -88,7 +88,7 @@ class ReconcileAau(AauHalf):
             for i in idx:
                 r = frames[i].reveal()
                 if r is None:
-                    raise ProtocolError(f"reveal_request: frame {i} has no punctured value left")
+                    raise ProtocolError(f"reveal_request: frame {i} has no value left to reveal")
                 st["leak"] += r.leak_bits
                 out.append(r.to_bytes())
             self.send_peer(blk, "reveals", frames=out)

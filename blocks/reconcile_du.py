@@ -15,8 +15,8 @@ Stage "ec". The DU corrects its key towards the AAU's (Alice's key is the refere
     ``ldpc_mode: blind`` (Martinez-Mateo, Elkouss, Martin, QIC 12, 791 (2012); ``ldpc.BlindDecoder``): the syndromes
     start at a high rate (efficiency ``ldpc_blind_start``); after each decoding round the DU sends ``reveal_request``
     {frames: indices of the frames that failed} and the AAU answers ``reveals`` {frames: one ``RevealMessage`` per
-    requested frame, the values of its next punctured symbols}; one message each way per round for the whole
-    block. A failing frame with nothing left to reveal aborts the block.
+    requested frame, the values of its next punctured symbols, then of its code's extension syndrome bits}; one
+    message each way per round for the whole block. A failing frame with nothing left to reveal aborts the block.
   * Then ``done`` {leak_bits, errors_corrected}; the AAU compares the leak with the parity/syndrome bits it
     disclosed itself and answers ``done_ok`` (or aborts). Only then does the block move on.
 Leak = exactly the bits disclosed: Cascade reply parity bits (``CascadeBob.leak_bits``); LDPC sum of (m - p) per
@@ -178,7 +178,7 @@ class ReconcileDu(DuHalf):
         failing = dec.decode()
         if dec.failed:
             self.abort(blk, f"LDPC frame {dec.failed[0] + 1} of {len(dec.msgs)} did not converge with every "
-                            f"punctured value revealed (QBER estimate {100 * blk.state['q']:.2f} %)")
+                            f"punctured value and extension bit revealed (QBER estimate {100 * blk.state['q']:.2f} %)")
             return
         if not failing:
             corrected = np.concatenate([r.corrected for r in dec.results])[:blk.bits.size].astype(np.uint8)

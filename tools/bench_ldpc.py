@@ -72,7 +72,7 @@ def run_oneshot(args, alice, bob, a, b, q):
         res = bob.decode_many(list(b), msgs)
     dec_s = time.perf_counter() - t
     iters = sum(r.iterations for r in res)
-    return res, [r.leak_bits for r in res], 1 - msgs[0].m / msgs[0].n, len(res), 1, iters, dec_s
+    return res, [r.leak_bits for r in res], 1 - msgs[0].m / msgs[0].n, len(res), 1, iters, dec_s, 0
 
 
 def run_blind(args, alice, bob, a, b, q):
@@ -90,7 +90,8 @@ def run_blind(args, alice, bob, a, b, q):
         dec.add_reveals([RevealMessage.from_bytes(sent[i][1].reveal().to_bytes()) for i in failing])
     leaks = [m.leak_bits + t for m, t in zip(msgs, dec.revealed)]
     assert leaks == [fr.leak_bits for _, fr in sent]
-    return dec.results, leaks, 1 - msgs[0].m / msgs[0].n, dec.attempts, dec.rounds, dec.iterations, dec_s
+    ext = sum(t > m.punctured for m, t in zip(msgs, dec.revealed))   # frames that needed extension bits
+    return dec.results, leaks, 1 - msgs[0].m / msgs[0].n, dec.attempts, dec.rounds, dec.iterations, dec_s, ext
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blind-start", type=float, default=ldpc.DEFAULT_BLIND_START)
     ap.add_argument("--blind-step", type=float, default=ldpc.DEFAULT_BLIND_STEP)
     ap.add_argument("--blind-max", type=float, default=ldpc.DEFAULT_BLIND_MAX)
+    ap.add_argument("--blind-margin", type=float, default=None,
+                    help="blind: the mother code reaches --blind-max for a frame this many sigmas above the QBER "
+                         f"(default: {ldpc.BLIND_MARGIN_SIGMAS:g} below n = {ldpc.BLIND_LONG_N}, 0 from there on)")
     ap.add_argument("--round-iterations", type=int, default=ldpc.DEFAULT_ROUND_ITERATIONS)
     ap.add_argument("--cold", action="store_true", help="blind: restart every attempt from the channel LLRs")
     ap.add_argument("--family", choices=tuple(ldpc_codes.FAMILIES), default=ldpc.DEFAULT_CODE_FAMILY,
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
           f"{args.round_iterations} iterations per attempt, {'cold' if args.cold else 'warm'} restarts")
     print(f"{'mode':>7} {'n':>8} {'QBER':>6} {'R0':>5} {'f':>6} {'fmax':>6} {'fails':>9} {'FER95':>7} {'att':>5} "
-          f"{'rounds':>6} {'iter':>6} {'dec Mb/s':>9}")
+          f"{'rounds':>6} {'iter':>6} {'dec Mb/s':>9} {'ext':>4}")
     rng = np.random.default_rng(args.seed)
     modes = ("oneshot", "blind") if args.mode == "both" else (args.mode,)
     for n in args.n:
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(exc))
         print(f"# n={n}: code pool ready in {time.perf_counter() - t0:.1f} s (cache or build)", flush=True)
         alice = LdpcAlice(codes, seed=args.seed + 1, efficiency=args.efficiency, delta=args.delta,
-                          blind_start=args.blind_start, blind_step=args.blind_step, blind_max=args.blind_max)
+                          blind_start=args.blind_start, blind_step=args.blind_step, blind_max=args.blind_max,
+                          blind_margin_sigmas=args.blind_margin)
         bob = LdpcBob(codes, max_iterations=args.max_iterations, use_numba=False if args.numpy else None,
                       algorithm=args.decoder, stall=args.stall)
         for q in args.qber:
@@ -165,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                 except ValueError as exc:
                     print(f"{mode:>7} {n:>8} {q:>6.3f}  skipped: {exc}", flush=True)
                     continue
-                res, leaks, r0, attempts, rounds, iters, dec_s = row
+                res, leaks, r0, attempts, rounds, iters, dec_s, ext = row
                 fails = sum(not (r.converged and np.array_equal(r.corrected, a[i])) for i, r in enumerate(res))
                 f = np.asarray(leaks, float) / (alice.frame_bits * h)
                 print(f"{mode:>7} {n:>8} {q:>6.3f} {r0:>5.2f} {f.mean():>6.3f} {f.max():>6.3f} "
                       f"{f'{fails}/{args.frames}':>9} {fer_upper95(fails, args.frames):>7.4f} "
                       f"{attempts / args.frames:>5.2f} {rounds:>6} {iters / args.frames:>6.1f} "
-                      f"{bits / dec_s / 1e6:>9.3f}", flush=True)
+                      f"{bits / dec_s / 1e6:>9.3f} {ext:>4}", flush=True)
     return 0
 
 

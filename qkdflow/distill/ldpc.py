@@ -33,7 +33,14 @@ values of the next ``reveal_step`` punctured symbols (the last ones in the punct
 still punctured are always a prefix of the untainted order), which become shortened, and Bob decodes again,
 until no punctured symbol is left. Leak, exactly: ``m - p0 + t`` with t the values revealed so far, i.e. m
 minus the punctured values that are still secret (the bound above with rank(H_P') = p0 - t). The mother code
-is the highest-rate code of the pool whose fully shortened efficiency m/((n-d) h(q)) reaches ``blind_max``.
+is the highest-rate code of the pool whose fully shortened efficiency m/((n-d) h(q)) reaches ``blind_max`` for
+a frame ``margin_sigmas`` standard deviations of its error count above the estimate.
+Extension (beyond the paper): a frame that still fails with every punctured value revealed does not end the
+key block. Alice goes on revealing, ``reveal_step`` at a time, the syndrome of the code's extension rows
+(``ldpc_codes.extended_code``: 0.25 m extra parity checks, every variable in exactly one), i.e. Bob decodes
+[H; E_j] x = (s, s_E[:j]): a lower-rate code of the same family of graphs, up to f = 1.25 times the fully
+shortened one. Every extension bit is one more bit of leak (``m - p0 + t`` still counts them all: t runs past
+p0). Only a frame that fails with the whole extension revealed is lost.
 Bob resumes every later attempt from the previous attempt's messages (``decode_syndromes(state=...)``).
 
 Decoder
@@ -85,6 +92,8 @@ from qkdflow.distill.ldpc_codes import (
     DE_THRESHOLDS,
     TABLE_RATES,
     LdpcCode,
+    extended_code,
+    extension_rows,
     load_or_build_code,
     load_or_build_codes,
 )
@@ -127,10 +136,16 @@ DEFAULT_BLIND_STEP = 0.02
 DEFAULT_BLIND_MAX = 1.15
 # The ceiling is raised for the frame's own statistics: a frame of k key bits at QBER q carries q k +- sqrt(q(1-q) k)
 # errors, and the mother code must still reach ``blind_max`` for a frame BLIND_MARGIN_SIGMAS standard deviations
-# above the mean (else that frame fails with every value revealed and its key block is discarded): ceiling =
-# blind_max * h(q + z sigma_q) / h(q), sigma_q = sqrt(q (1 - q) / k). Without it the blind plan lost 2/64 frames
-# at 0.5 % (n = 1e5) and 8-16/64 at 2-3 % (n = 1e4) (tools/bench_ldpc.py --mode blind).
+# above the mean (else that frame needs the extension rows, and fails if even they do not suffice, which discards
+# its key block): ceiling = blind_max * h(q + z sigma_q) / h(q), sigma_q = sqrt(q (1 - q) / k). Before the
+# extension, without it the blind plan lost 2/64 frames at 0.5 % (n = 1e5) and 8-16/64 at 2-3 % (n = 1e4).
 BLIND_MARGIN_SIGMAS = 3.0
+# From BLIND_LONG_N symbols on, no margin: the mother code is chosen for the QBER estimate itself, and the few
+# frames beyond it are rescued by the extension rows (ldpc_codes.extended_code) instead of a lower-rate code for
+# every frame. Measured (tools/bench_ldpc.py --mode blind --n 100000 --blind-margin 0 / 3, 256 frames, seed 7):
+# f 1.137 / 1.186 at QBER 0.5 %, 1.105 / 1.131 at 1 %, 1.090 / 1.099 at 2 %, 0/256 frames lost (5, 0, 0 rescued).
+# Below it the extension does not cover the spread (n = 1e4, margin 0: 6/64 frames lost at 1 %, 3/64 at 3 %).
+BLIND_LONG_N = 100_000
 # The mother-code pool of the protocol: family "de" (ldpc_codes: density-evolution-designed rates 0.79-0.95 + the
 # Elkouss et al. rows below 0.79): at n = 1e5, blind f 1.14 / 1.15 / 1.08 at 1 / 2 / 3 % QBER with no frame lost
 # (the Elkouss rows alone: 1.21 / 1.12 / 1.14).
@@ -339,12 +354,14 @@ def plan_frame(codes: Sequence[LdpcCode], qber_estimate: float, efficiency: floa
 
 def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = DEFAULT_BLIND_START,
                step: float = DEFAULT_BLIND_STEP, max_efficiency: float = DEFAULT_BLIND_MAX,
-               delta: float = DEFAULT_DELTA) -> tuple[LdpcCode, int, int, int]:
+               delta: float = DEFAULT_DELTA, margin_sigmas: float | None = None,
+               ) -> tuple[LdpcCode, int, int, int]:
     """Choose (mother code, p0, s0, reveal step) for blind reconciliation from a QBER estimate.
 
     k = n - d key bits, h = h(q). Code: the highest-rate one whose fully shortened efficiency m / (k h)
-    reaches ``max_efficiency`` for a frame ``BLIND_MARGIN_SIGMAS`` standard deviations of its error count above
-    the estimate (else the lowest-rate code). p0 = m - ceil(start k h), within [0, min(d,
+    reaches ``max_efficiency`` for a frame ``margin_sigmas`` standard deviations of its error count above
+    the estimate (else the lowest-rate code); None: ``BLIND_MARGIN_SIGMAS`` below ``BLIND_LONG_N`` symbols, 0 from
+    there on. p0 = m - ceil(start k h), within [0, min(d,
     recoverable punctures)]: the first attempt runs at efficiency ``start`` (or the highest rate the code
     reaches with every modulated symbol punctured, Martinez-Mateo et al. 2012). Step: ceil(step k h) values
     per round, i.e. about ``step`` in efficiency.
@@ -355,6 +372,10 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
         raise ValueError(f"blind start/step efficiencies must be positive, got {start!r}, {step!r}")
     if not (math.isfinite(max_efficiency) and max_efficiency >= 1.0):
         raise ValueError(f"blind max efficiency: must be >= 1, got {max_efficiency!r}")
+    if margin_sigmas is None:
+        margin_sigmas = BLIND_MARGIN_SIGMAS if codes and codes[0].n < BLIND_LONG_N else 0.0
+    if not (math.isfinite(margin_sigmas) and margin_sigmas >= 0):
+        raise ValueError(f"blind margin: must be >= 0 standard deviations, got {margin_sigmas!r}")
     if not (0.0 <= delta < 0.5):
         raise ValueError(f"delta: must be in [0, 0.5), got {delta!r}")
     if not codes:
@@ -364,7 +385,7 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
 
     def reaches(c: LdpcCode) -> bool:   # fully shortened, f >= max_efficiency for a frame z sigma above the mean
         k = c.n - round(delta * c.n)
-        q_hi = min(qber_estimate + BLIND_MARGIN_SIGMAS * math.sqrt(qber_estimate * (1 - qber_estimate) / k), 0.5)
+        q_hi = min(qber_estimate + margin_sigmas * math.sqrt(qber_estimate * (1 - qber_estimate) / k), 0.5)
         return c.m >= max_efficiency * k * binary_entropy(q_hi)
 
     code = next((c for c in ordered if reaches(c)), ordered[-1])
@@ -443,9 +464,10 @@ class LdpcAlice:
     def __init__(self, code: LdpcCode | Sequence[LdpcCode], seed: int | None,
                  efficiency: float = DEFAULT_EFFICIENCY, delta: float = DEFAULT_DELTA,
                  blind_start: float = DEFAULT_BLIND_START, blind_step: float = DEFAULT_BLIND_STEP,
-                 blind_max: float = DEFAULT_BLIND_MAX) -> None:
+                 blind_max: float = DEFAULT_BLIND_MAX, blind_margin_sigmas: float | None = None) -> None:
         self.codes = _code_pool(code)
         self.blind_start, self.blind_step, self.blind_max = float(blind_start), float(blind_step), float(blind_max)
+        self.blind_margin_sigmas = None if blind_margin_sigmas is None else float(blind_margin_sigmas)
         self._rng = np.random.default_rng(seed)   # punctured values: must be secret (seed=None in use)
         self.efficiency = float(efficiency)
         self.delta = float(delta)
@@ -489,7 +511,7 @@ class LdpcAlice:
         if bits.size != self.frame_bits:
             raise ValueError(f"key: frame must have {self.frame_bits} bits, got {bits.size}")
         code, p, s, step = plan_blind(self.codes, qber_estimate, self.blind_start, self.blind_step,
-                                      self.blind_max, self.delta)
+                                      self.blind_max, self.delta, self.blind_margin_sigmas)
         if frame_id is None:
             frame_id = self._frame_id
         if not (isinstance(frame_id, (int, np.integer)) and 0 <= frame_id < 2**64):
@@ -503,16 +525,21 @@ class LdpcAlice:
         word[short] = _shortened_values(code, frame_id, s)
         msg = SyndromeMessage(code.fingerprint, int(frame_id), code.n, code.m, p, s, float(qber_estimate),
                               code.syndrome(word), reveal_step=step)
-        return msg, BlindAliceFrame(code.fingerprint, int(frame_id), code.m, p, step, word[order].copy())
+        return msg, BlindAliceFrame(code.fingerprint, int(frame_id), code.m, p, step, word[order].copy(), code, word)
 
 
 class BlindAliceFrame:
-    """Alice's state of one blind frame: the secret punctured values (in puncturing order) and how many of them
-    have been revealed. ``leak_bits`` = m - p0 + revealed, exactly what Bob has been told about the frame."""
+    """Alice's state of one blind frame: the secret punctured values (in puncturing order), her word (for the
+    extension syndrome) and how many values have been revealed. ``leak_bits`` = m - p0 + revealed, exactly what
+    Bob has been told about the frame."""
 
-    def __init__(self, fingerprint: bytes, frame_id: int, m: int, p0: int, step: int, values: np.ndarray) -> None:
+    def __init__(self, fingerprint: bytes, frame_id: int, m: int, p0: int, step: int, values: np.ndarray,
+                 code: LdpcCode | None = None, word: np.ndarray | None = None) -> None:
         self.fingerprint, self.frame_id, self.m, self.p0, self.step = fingerprint, frame_id, m, p0, step
         self._values = values
+        self._code, self._word = code, word
+        self._ext: np.ndarray | None = None
+        self.limit = p0 + (extension_rows(code) if code is not None and word is not None else 0)
         self.revealed = 0
 
     @property
@@ -521,15 +548,24 @@ class BlindAliceFrame:
 
     @property
     def exhausted(self) -> bool:
-        return self.revealed >= self.p0
+        return self.revealed >= self.limit
 
     def reveal(self) -> RevealMessage | None:
-        """The next ``step`` punctured values (fewer at the end); None once every one has been revealed."""
-        left = self.p0 - self.revealed
-        if left <= 0:
+        """The next ``step`` punctured values (fewer at the end), then the next ``step`` extension syndrome bits
+        (a message never mixes the two); None once everything has been revealed."""
+        if self.revealed < self.p0:
+            left = self.p0 - self.revealed
+            c = min(self.step, left)
+            values = self._values[left - c:left].copy()
+        elif self.revealed < self.limit:
+            if self._ext is None:   # H_E x+ once: every punctured value is public by now
+                self._ext = extended_code(self._code, self.limit - self.p0).syndrome(self._word)[self.m:]
+            e0 = self.revealed - self.p0
+            c = min(self.step, self.limit - self.revealed)
+            values = self._ext[e0:e0 + c].copy()
+        else:
             return None
-        c = min(self.step, left)
-        msg = RevealMessage(self.fingerprint, self.frame_id, self.revealed, self._values[left - c:left].copy())
+        msg = RevealMessage(self.fingerprint, self.frame_id, self.revealed, values)
         self.revealed += c
         return msg
 
@@ -555,12 +591,12 @@ class LdpcBob:
         self.use_numba = use_numba
 
     def decode(self, key: np.ndarray, msg: SyndromeMessage, reveals: Sequence[RevealMessage] = ()) -> LdpcResult:
-        code, key_pos, llr, t = self._prepare(key, msg, reveals)
+        code, key_pos, llr, t, syn = self._prepare(key, msg, reveals)
         if self.algorithm == "min-sum":
-            words, oks, its = decode_syndromes(code, llr[None, :], msg.syndrome[None, :], self.max_iterations,
+            words, oks, its = decode_syndromes(code, llr[None, :], syn[None, :], self.max_iterations,
                                                simd=False, algorithm="min-sum", stall=self.stall)
             return self._result(msg, key_pos, words[0], bool(oks[0]), int(its[0]), t)
-        word, ok, iters = decode_syndrome(code, llr, msg.syndrome, self.max_iterations, self.use_numba)
+        word, ok, iters = decode_syndrome(code, llr, syn, self.max_iterations, self.use_numba)
         return self._result(msg, key_pos, word, ok, iters, t)
 
     def decode_many(self, keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
@@ -587,18 +623,20 @@ class LdpcBob:
         if self.use_numba is not None or _cldpc is None:
             prepared = [self._prepare(k, msg, reveals[i] if reveals is not None else ())
                         for i, (k, msg) in enumerate(zip(keys, msgs))]
-            for i, ((code, key_pos, llr, t), msg) in enumerate(zip(prepared, msgs)):
-                word, ok, iters = decode_syndrome(code, llr, msg.syndrome, cap, self.use_numba)
+            for i, ((code, key_pos, llr, t, syn), msg) in enumerate(zip(prepared, msgs)):
+                word, ok, iters = decode_syndrome(code, llr, syn, cap, self.use_numba)
                 out[i] = self._result(msg, key_pos, word, ok, iters, t)
             return out  # type: ignore[return-value]
-        groups: dict[bytes, list[int]] = {}
+        # frames decode together when they share the mother code and the number of extension bits revealed
+        groups: dict[tuple[bytes, int], list[int]] = {}
         for i, msg in enumerate(msgs):
-            groups.setdefault(msg.code_fingerprint, []).append(i)
+            t = sum(r.count for r in reveals[i]) if reveals is not None else 0
+            groups.setdefault((msg.code_fingerprint, max(0, t - msg.punctured)), []).append(i)
         # every frame validated before any is decoded; each group's LLRs written straight into one (F, n) array
         prepared: list = [None] * len(msgs)
-        group_llr: dict[bytes, np.ndarray | None] = {}
+        group_llr: dict[tuple[bytes, int], np.ndarray | None] = {}
         for fp, idx in groups.items():
-            c = self.codes.get(fp)
+            c = self.codes.get(fp[0])
             arr = None if c is None else np.empty((len(idx), c.n), dtype=np.float64)
             for j, i in enumerate(idx):
                 prepared[i] = self._prepare(keys[i], msgs[i], reveals[i] if reveals is not None else (),
@@ -612,11 +650,11 @@ class LdpcBob:
                 st = np.zeros((len(idx), code.n_edges),
                               dtype=np.int16 if self.algorithm == "min-sum" else np.float32)
                 for j, i in enumerate(idx):
-                    if states[i] is not None:
-                        st[j] = states[i]
+                    if states[i] is not None:   # fewer extension rows before: their edges are a prefix
+                        st[j, :states[i].size] = states[i]
                         warm = True
             words, ok, iters = decode_syndromes(code, group_llr[fp],
-                                                np.stack([msgs[i].syndrome for i in idx]), cap,
+                                                np.stack([prepared[i][4] for i in idx]), cap,
                                                 state=st, warm=warm, algorithm=self.algorithm, stall=self.stall)
             for j, i in enumerate(idx):
                 out[i] = self._result(msgs[i], prepared[i][1], words[j], bool(ok[j]), int(iters[j]),
@@ -626,10 +664,10 @@ class LdpcBob:
         return out  # type: ignore[return-value]
 
     def _prepare(self, key: np.ndarray, msg: SyndromeMessage, reveals: Sequence[RevealMessage] = (),
-                 out: np.ndarray | None = None) -> tuple[LdpcCode, np.ndarray, np.ndarray, int]:
+                 out: np.ndarray | None = None) -> tuple[LdpcCode, np.ndarray, np.ndarray, int, np.ndarray]:
         """Validate one frame and build Bob's LLRs: channel at key bits, 0 punctured, +-inf shortened and
-        revealed (into ``out``, a float64 row of length n, if given). Returns (code, key positions, llr,
-        values revealed)."""
+        revealed (into ``out``, a float64 row of length n, if given). Returns (code to decode: the mother code,
+        extended by the extension bits revealed; key positions; llr; values revealed; syndrome to decode)."""
         code = self.codes.get(msg.code_fingerprint)
         if code is None:
             raise ValueError("msg: code fingerprint does not match any code held by Bob")
@@ -653,6 +691,8 @@ class LdpcBob:
         llr[key_pos] = big - (2.0 * big) * bits      # +L for 0, -L for 1
         llr[short] = _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * _shortened_values(code, msg.frame_id, msg.shortened)
         t = 0
+        p0, limit = msg.punctured, msg.punctured + extension_rows(code)
+        ext: list[np.ndarray] = []
         for r in reveals:
             if not msg.blind:
                 raise ValueError("reveal: frame was sent in one-shot mode")
@@ -660,30 +700,41 @@ class LdpcBob:
                 raise ValueError(f"reveal: for frame {r.frame_id}, expected frame {msg.frame_id} of this code")
             if r.revealed_before != t:
                 raise ValueError(f"reveal: starts after {r.revealed_before} values, Bob holds {t}")
-            if t + r.count > msg.punctured:
-                raise ValueError(f"reveal: {t + r.count} values revealed but only {msg.punctured} were punctured")
-            left = msg.punctured - t
-            pos = code.puncture_order[left - r.count:left]
-            llr[pos] = np.where(r.values == 0, 1.0, -1.0) * _SHORTENED_LLR
+            if t + r.count > limit:
+                raise ValueError(f"reveal: {t + r.count} values revealed but the frame has only {limit} "
+                                 f"({p0} punctured + {limit - p0} extension bits)")
+            if t < p0 < t + r.count:
+                raise ValueError(f"reveal: values {t}..{t + r.count} cross the end of the {p0} punctured values")
+            if t < p0:
+                left = p0 - t
+                pos = code.puncture_order[left - r.count:left]
+                llr[pos] = np.where(r.values == 0, 1.0, -1.0) * _SHORTENED_LLR
+            else:
+                ext.append(r.values)
             t += r.count
-        return code, key_pos, llr, t
+        if not ext:
+            return code, key_pos, llr, t, msg.syndrome
+        syn = np.concatenate([msg.syndrome, *ext]).astype(np.uint8)
+        return extended_code(code, syn.size - code.m), key_pos, llr, t, syn
 
     @staticmethod
     def _result(msg: SyndromeMessage, key_pos: np.ndarray, word: np.ndarray, ok: bool, iters: int,
                 revealed: int = 0) -> LdpcResult:
+        shown = min(revealed, msg.punctured)     # the rest are extension syndrome bits
         return LdpcResult(corrected=word[key_pos].copy() if ok else None, converged=ok,
                           leak_bits=msg.leak_bits + revealed, iterations=iters, frame_id=msg.frame_id,
-                          key_bits=msg.key_bits, punctured=msg.punctured - revealed,
-                          shortened=msg.shortened + revealed, syndrome_bits=msg.m)
+                          key_bits=msg.key_bits, punctured=msg.punctured - shown,
+                          shortened=msg.shortened + shown, syndrome_bits=msg.m + revealed - shown)
 
 
 class BlindDecoder:
     """Bob's side of blind reconciliation for a batch of frames (e.g. one key block), round by round.
 
     ``decode()`` tries every frame not yet converged (all in one ``LdpcBob.decode_many`` call per cap) and
-    returns the indices still failing that have values left to reveal; the caller asks Alice for reveals of
-    those, passes them to ``add_reveals`` and calls ``decode()`` again. Frames that failed with every value
-    revealed are listed in ``failed`` (lost; reconcile_du aborts the block). While a frame has punctured values left an attempt runs at
+    returns the indices still failing that have values left to reveal (punctured values, then extension syndrome
+    bits); the caller asks Alice for reveals of those, passes them to ``add_reveals`` and calls ``decode()``
+    again. Frames that failed with every value revealed are listed in ``failed`` (lost; reconcile_du aborts the
+    block). While a frame has punctured values left an attempt runs at
     most ``round_iterations`` iterations (resuming from the previous attempt's messages); the attempt with
     nothing left to reveal gets the decoder's ``max_iterations``. ``leak_bits`` = sum over frames of
     m - p0 + revealed; ``iterations`` and ``attempts`` count every decoding attempt (for throughput figures).
@@ -698,6 +749,11 @@ class BlindDecoder:
         if not (isinstance(round_iterations, int) and round_iterations >= 1):
             raise ValueError(f"round_iterations: must be a positive integer, got {round_iterations!r}")
         self.bob, self.keys, self.msgs = bob, list(keys), list(msgs)
+        unknown = [m.frame_id for m in self.msgs if m.code_fingerprint not in bob.codes]
+        if unknown:
+            raise ValueError(f"msg: frame {unknown[0]}: code fingerprint does not match any code held by Bob")
+        # values each frame may have revealed: its punctured ones, then its code's extension syndrome bits
+        self.limits = [m.punctured + extension_rows(bob.codes[m.code_fingerprint]) for m in self.msgs]
         self.round_iterations = round_iterations
         self.reveals: list[list[RevealMessage]] = [[] for _ in msgs]
         self.revealed = [0] * len(msgs)
@@ -710,7 +766,7 @@ class BlindDecoder:
         self.rounds = 0
 
     def exhausted(self, i: int) -> bool:
-        return self.revealed[i] >= self.msgs[i].punctured
+        return self.revealed[i] >= self.limits[i]
 
     def decode(self) -> list[int]:
         """One round: decode every pending frame; returns the frames that still fail."""
@@ -741,9 +797,9 @@ class BlindDecoder:
             i = by_id.get(r.frame_id)
             if i is None:
                 raise ValueError(f"reveal: frame {r.frame_id} is not awaiting a reveal")
-            if r.revealed_before != self.revealed[i] or self.revealed[i] + r.count > self.msgs[i].punctured:
+            if r.revealed_before != self.revealed[i] or self.revealed[i] + r.count > self.limits[i]:
                 raise ValueError(f"reveal: frame {r.frame_id} values {r.revealed_before}+{r.count} do not follow "
-                                 f"the {self.revealed[i]} of {self.msgs[i].punctured} revealed so far")
+                                 f"the {self.revealed[i]} of {self.limits[i]} revealed so far")
             self.reveals[i].append(r)
             self.revealed[i] += r.count
 

@@ -70,6 +70,9 @@ __all__ = [
     "load_or_build_codes",
     "buildable",
     "count_four_cycles",
+    "EXTENSION_FRACTION",
+    "extension_rows",
+    "extended_code",
 ]
 
 _FORMAT_VERSION = 4
@@ -141,6 +144,9 @@ _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     0.79: ({2: 0.05624, 3: 0.20327, 6: 0.02398, 8: 0.07655, 9: 0.05982, 10: 0.05982, 11: 0.05982, 12: 0.00967,
             26: 0.18454, 35: 0.00086, 60: 0.26543},
            {34: 0.951229, 35: 0.048771}),
+    0.815: ({2: 0.04912, 3: 0.21867, 9: 0.14491, 10: 0.16589, 26: 0.00231, 27: 0.045, 28: 0.045, 29: 0.05983,
+             30: 0.04103, 31: 0.00173, 58: 0.001, 59: 0.00516, 60: 0.22035},
+            {38: 0.593963, 39: 0.406037}),
     0.84: ({2: 0.04264, 3: 0.22092, 9: 0.13605, 10: 0.18262, 29: 0.11325, 30: 0.09559, 56: 0.00655, 57: 0.01825,
             58: 0.0225, 59: 0.02134, 60: 0.14029},
            {44: 0.020977, 45: 0.979023}),
@@ -166,7 +172,7 @@ _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
 }
 # BSC sum-product DE thresholds of the rows above (ldpc_design.threshold, LLR step 0.1, bisection to 0.2 %) and
 # the efficiency f* = (1 - R)/h(p*) there; the Elkouss rows as recomputed by the same code.
-_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.84: 0.02247, 0.85: 0.02071, 0.875: 0.01643,
+_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.815: 0.02701, 0.84: 0.02247, 0.85: 0.02071, 0.875: 0.01643,
                                             0.90: 0.01232, 0.915: 0.01013, 0.93: 0.00802, 0.95: 0.00521}
 DE_DISTRIBUTIONS: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     **{r: v for r, v in DEGREE_DISTRIBUTIONS.items() if r not in _DE_HIGH}, **_DE_HIGH}
@@ -257,16 +263,19 @@ def _check_rate(rate: float, family: str = DEFAULT_FAMILY) -> float:
                      f"(choose from {list(rates)})")
 
 
-def default_construction(family: str, rate: float) -> str:
-    """The graph construction used for (family, rate) when none is given: PEG for the rows designed in family
-    "de" (``_DE_HIGH``), the random matching for the Elkouss et al. rows."""
+def default_construction(family: str, rate: float, n: int | None = None) -> str:
+    """The graph construction used for (family, rate, n) when none is given: above ``LIFT_BASE_N`` symbols a lift
+    of the length-``n / Z`` code (``build_code_lift``); else PEG for the rows designed in family "de"
+    (``_DE_HIGH``), the random matching for the Elkouss et al. rows."""
+    if n is not None and n > LIFT_BASE_N:
+        return "lift"
     if _check_family(family) == "de" and any(abs(rate - r) < 1e-9 for r in _DE_HIGH):
         return "peg"
     return "random"
 
 
-def _construction(construction: str | None, family: str, rate: float) -> str:
-    construction = default_construction(family, rate) if construction is None else construction
+def _construction(construction: str | None, family: str, rate: float, n: int | None = None) -> str:
+    construction = default_construction(family, rate, n) if construction is None else construction
     if construction not in CONSTRUCTIONS:
         raise ValueError(f"construction: must be one of {CONSTRUCTIONS}, got {construction!r}")
     return construction
@@ -306,7 +315,10 @@ def _pair_keys(check_ptr: np.ndarray, edge_var: np.ndarray, n: int,
     return keys
 
 
-CONSTRUCTIONS = ("random", "peg")
+CONSTRUCTIONS = ("random", "peg", "lift")
+# Codes longer than this are lifts of a code of at most this length (PEG at n = 1e6 and check degree 160 takes
+# over half an hour; the lift takes about a second from the cached base code).
+LIFT_BASE_N = 100_000
 # PEG search limits (see _ldpc.c): breadth-first levels and edges visited per edge placed. 4 levels is local girth
 # up to 10 where the neighbourhood is still small; the budget keeps n = 1e5 builds at a few seconds.
 PEG_MAX_DEPTH = 4
@@ -358,6 +370,47 @@ def build_code_peg(n: int, rate: float, seed: int, max_depth: int = PEG_MAX_DEPT
     return _finish(n, m, rate, seed, ev, ec, var_degree, rng, four=-2, construction="peg", family=family)
 
 
+def build_code_lift(n: int, rate: float, seed: int, family: str = DEFAULT_FAMILY) -> LdpcCode:
+    """Mother code of length n = Z n0 as a random lift (Z-cover) of the length-n0 code, n0 <= ``LIFT_BASE_N``.
+
+    Lifting (protograph / Z-cover construction: J. Thorpe, "Low-density parity-check (LDPC) codes constructed
+    from protographs", IPN Progress Report 42-154 (2003); cyclic liftings as in quasi-cyclic LDPC codes): every
+    base variable v and check c become Z copies (v, z), (c, z); every base edge (c, v) with a random shift s
+    becomes the Z edges ((c, z + s mod Z), (v, z)). The lift keeps both degree profiles exactly; every cycle
+    of the lift projects onto a cycle of the base graph, so its girth is at least the base's (the shifts break
+    a base cycle with probability 1 - 1/Z). Untainted puncturing lifts too: copies of the base's punctured
+    symbols share no check (their base images share none), so ``puncture_order`` is the base order with each
+    symbol's Z copies in turn. The base code is ``load_or_build_code(n0, ...)`` (cached); deterministic in seed.
+    """
+    n = int(n)
+    z = -(-n // LIFT_BASE_N)
+    if n % z or n // z < _MIN_N:
+        raise ValueError(f"n: {n} is not a multiple of {z} (a lifted code is {z} copies of a code of at most "
+                         f"{LIFT_BASE_N} symbols)")
+    base = load_or_build_code(n // z, rate, seed, family=family,
+                              construction=default_construction(family, rate))
+    rng = np.random.default_rng([int(seed), n, int(round(rate * 100)), _FORMAT_VERSION, 0x11F7])
+    deg0 = np.diff(base.check_ptr)
+    e0 = base.edge_var.size
+    shift = rng.integers(0, z, size=e0)
+    check_ptr = np.concatenate([[0], np.cumsum(np.repeat(deg0, z))]).astype(np.int64)
+    check_of = np.repeat(np.arange(base.m), deg0)
+    k = np.arange(e0) - base.check_ptr[check_of]          # position of the edge within its base check
+    t = np.arange(z)
+    pos = check_ptr[:-1][check_of[:, None] * z + t[None, :]] + k[:, None]
+    edge_var = np.empty(e0 * z, dtype=np.int32)
+    # check (c, t) holds (v, (t - s) mod Z): ascending in v, hence in v Z + copy, as the base rows are
+    edge_var[pos.ravel()] = (base.edge_var.astype(np.int64)[:, None] * z + (t[None, :] - shift[:, None]) % z).ravel()
+    punct = (base.puncture_order.astype(np.int64)[:, None] * z + t[None, :]).ravel()
+    mask = np.ones(n, dtype=bool)
+    mask[punct] = False
+    shorten = rng.permutation(np.flatnonzero(mask)).astype(np.int32)
+    return LdpcCode(n=n, m=base.m * z, rate=rate, seed=int(seed), check_ptr=check_ptr, edge_var=edge_var,
+                    var_degree=np.repeat(base.var_degree, z).astype(np.int32),
+                    puncture_order=punct.astype(np.int32), shorten_order=shorten, four_cycles=-1,
+                    construction="lift", family=family)
+
+
 def _finish(n, m, rate, seed, ev, ec, var_degree, rng, four, construction, family) -> LdpcCode:
     """Sort edges by check, derive the puncturing / shortening orders, count 4-cycles if not known."""
     order = np.lexsort((ev, ec))
@@ -395,9 +448,11 @@ def build_code(n: int, rate: float, seed: int, construction: str | None = None,
     rate = _check_rate(rate, family)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    construction = _construction(construction, family, rate)
+    construction = _construction(construction, family, rate, int(n))
     if construction == "peg":
         return build_code_peg(n, rate, seed, family=family)
+    if construction == "lift":
+        return build_code_lift(n, rate, seed, family=family)
     n = int(n)
     rng = np.random.default_rng([int(seed), n, int(round(rate * 100)), _FORMAT_VERSION])
     lam, rho = FAMILIES[family][rate]
@@ -624,7 +679,9 @@ def load_or_build_code(n: int, rate: float, seed: int, cache: bool = True,
         raise ValueError(f"n: must be an integer in [{_MIN_N}, {_MAX_N}], got {n!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    construction = _construction(construction, family, rate)
+    construction = _construction(construction, family, rate, int(n))
+    if construction == "lift":      # rebuilt in about a second from the cached base code: not stored
+        return build_code(n, rate, seed, construction, family)
     same_row = FAMILIES[family][rate] == DEGREE_DISTRIBUTIONS.get(rate)    # an Elkouss row: same graph, same file
     tag = ("" if same_row else f"_{family}{_row_digest(family, rate)}") + (
         "" if construction == "random" else f"_{construction}")
@@ -661,6 +718,67 @@ def load_or_build_codes(n: int, seed: int, rates: tuple[float, ...] | None = Non
     if rates is None:  # every rate of the family whose graph fits n (a short frame has few checks)
         rates = tuple(r for r in FAMILY_RATES[_check_family(family)] if buildable(n, r, family))
     return [load_or_build_code(n, r, seed, cache=cache, construction=construction, family=family) for r in rates]
+
+
+# ------------------------------------------------------------------------------------------ extension rows
+# Blind reconciliation's last resort (``ldpc.BlindAliceFrame.reveal``): once every punctured value of a frame has
+# been revealed, Alice goes on revealing the syndrome of extension rows, extra parity checks appended to H. The
+# stacked matrix [H; E_j] (j rows of E) is the mother code at a lower rate (rate compatibility by extension, as in
+# incremental-redundancy / Raptor-like LDPC codes: Chen, Vakilinia et al., IEEE T-COM 63(5) 2015), decoded by the
+# same BP. Each extension bit is one more bit of leak, charged exactly. E: ``EXTENSION_FRACTION * m`` rows; every
+# variable joins exactly one row (a seeded permutation dealt round-robin), so the first j rows touch j/|E| of the
+# variables and no two extension rows share a variable (no 4-cycle inside E).
+EXTENSION_FRACTION = 0.25
+_EXTENSIONS: dict = {}        # fingerprint -> (code, ptr, ev) of the full extension
+_EXTENDED: dict = {}          # (fingerprint, rows) -> (code, extended code)
+_EXTENDED_MAX = 64
+
+
+def extension_rows(code: LdpcCode) -> int:
+    """Number of extension rows of ``code`` (the most extension bits blind mode may reveal per frame)."""
+    return max(1, min(int(round(EXTENSION_FRACTION * code.m)), code.n // 2))
+
+
+def _extension(code: LdpcCode) -> tuple[np.ndarray, np.ndarray]:
+    """(row pointers, variables sorted within each row) of the full extension of ``code``."""
+    hit = _EXTENSIONS.get(code.fingerprint)
+    if hit is not None and hit[0] is code:
+        return hit[1], hit[2]
+    rows = extension_rows(code)
+    perm = np.random.default_rng(np.frombuffer(code.fingerprint, dtype=np.uint32)).permutation(code.n)
+    row = np.arange(code.n) % rows                      # perm[j] joins row j mod rows
+    order = np.lexsort((perm, row))                     # by row, variables ascending within a row
+    ev = perm[order].astype(np.int32)
+    ptr = np.searchsorted(row[order], np.arange(rows + 1)).astype(np.int64)
+    if len(_EXTENSIONS) >= _EXTENDED_MAX:
+        _EXTENSIONS.clear()
+    _EXTENSIONS[code.fingerprint] = (code, ptr, ev)
+    return ptr, ev
+
+
+def extended_code(code: LdpcCode, rows: int) -> LdpcCode:
+    """``code`` with its first ``rows`` extension rows appended below H (``rows = 0``: the code itself). The
+    extended code's edges are the mother code's edges followed by the new ones, so a decoder state of fewer rows
+    is a prefix of this one's. Cached per (code, rows)."""
+    if not (0 <= rows <= extension_rows(code)):
+        raise ValueError(f"rows: must be in [0, {extension_rows(code)}], got {rows!r}")
+    if rows == 0:
+        return code
+    hit = _EXTENDED.get((code.fingerprint, rows))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    ptr, ev = _extension(code)
+    new_ev = ev[:ptr[rows]]
+    ext = LdpcCode(n=code.n, m=code.m + rows, rate=code.rate, seed=code.seed,
+                   check_ptr=np.concatenate([code.check_ptr, code.check_ptr[-1] + ptr[1:rows + 1]]),
+                   edge_var=np.concatenate([code.edge_var, new_ev]).astype(np.int32),
+                   var_degree=(code.var_degree + np.bincount(new_ev, minlength=code.n)).astype(np.int32),
+                   puncture_order=code.puncture_order, shorten_order=code.shorten_order, four_cycles=-1,
+                   construction=code.construction, family=code.family)
+    if len(_EXTENDED) >= _EXTENDED_MAX:
+        _EXTENDED.clear()
+    _EXTENDED[(code.fingerprint, rows)] = (code, ext)
+    return ext
 
 
 def buildable(n: int, rate: float, family: str = DEFAULT_FAMILY) -> bool:
