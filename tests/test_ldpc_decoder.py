@@ -118,3 +118,152 @@ def test_kernel_argument_is_checked(frames):
         _decode(code, llr[:4], syn[:4], True, 7)
     w, ok, _, name = _decode(code, llr[:4], syn[:4], False, 0)    # simd off: the scalar kernel, any CPU
     assert name == "scalar" and ok[0] and ok[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming kernel internals (_ldpc.c): the 16-lane pass (update loop run backwards with the suffix sums folded in,
+# or forward when a check lists a variable twice), the 8-lane tail layout (at most 8 frames left and no queue:
+# rows repacked to lanes 0-7, two edges per vector) and the syndrome test that first revisits the checks the
+# last pass left unsatisfied. All of them must give every frame the same bits whatever batch it runs in.
+
+class _Graph:
+    """Bare Tanner graph in the CSR form decode_many takes (check_ptr, edge_var, n)."""
+
+    def __init__(self, check_ptr: np.ndarray, edge_var: np.ndarray, n: int):
+        self.check_ptr = np.ascontiguousarray(check_ptr, np.int64)
+        self.edge_var = np.ascontiguousarray(edge_var, np.int32)
+        self.n = n
+        self.m = self.check_ptr.size - 1
+        self.n_edges = self.edge_var.size
+
+
+def _random_graph(n: int, dv: int, dc_choices, seed: int, double_edges: bool, unused: int = 0) -> _Graph:
+    """Random socket matching with irregular check degrees; with double_edges some checks list a variable twice
+    (kept, as a multigraph), else repeated variables are replaced. `unused` more variables in no check (their
+    decoded bits are their channel hard decisions)."""
+    rng = np.random.default_rng(seed)
+    sockets = np.repeat(np.arange(n, dtype=np.int32), dv)
+    rng.shuffle(sockets)
+    degs, s = [], 0
+    while s < sockets.size:
+        d = min(int(rng.choice(dc_choices)), sockets.size - s)
+        degs.append(d)
+        s += d
+    ptr = np.concatenate([[0], np.cumsum(degs)]).astype(np.int64)
+    ev = sockets.copy()
+    for c in range(len(degs)):
+        row = ev[ptr[c]:ptr[c + 1]]
+        if double_edges:
+            if c % 7 == 0 and row.size >= 3:
+                row[-1] = row[0]                           # a double edge
+        else:
+            _, first = np.unique(row, return_index=True)
+            dup = np.setdiff1d(np.arange(row.size), first)
+            row[dup] = rng.choice(np.setdiff1d(np.arange(n), row), dup.size, replace=False)
+    return _Graph(ptr, ev, n + unused)
+
+
+def _graph_frames(g: _Graph, qbers, seed: int):
+    """Frames at the given BSC crossover probabilities, scaled by m / (n / 2) (the graph's redundancy against
+    rate 1/2) so that every graph sees both outcomes."""
+    qbers = [q * g.m / (g.n / 2) for q in qbers]
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, (len(qbers), g.n), dtype=np.uint8)
+    syn = np.bitwise_xor.reduceat(x[:, g.edge_var], g.check_ptr[:-1], axis=1).astype(np.uint8)
+    llr = np.empty((len(qbers), g.n))
+    for i, q in enumerate(qbers):
+        y = x[i] ^ (rng.random(g.n) < q).astype(np.uint8)
+        mag = np.log((1 - 0.01) / 0.01) if q == 0.0 else np.log((1 - q) / q)
+        llr[i] = np.where(y == 0, mag, -mag)
+    return x, llr, syn
+
+
+def _syndrome(g: _Graph, w: np.ndarray) -> np.ndarray:
+    return np.bitwise_xor.reduceat(w[:, g.edge_var], g.check_ptr[:-1], axis=1).astype(np.uint8)
+
+
+GRAPHS = {
+    "rate-1/2 code": lambda: build_code(4096, 0.5, 7),
+    "irregular checks": lambda: _random_graph(3000, 3, [9, 10, 12, 13], 11, False, unused=40),
+    "double edges": lambda: _random_graph(2000, 3, [5, 6, 7], 12, True),
+    "tiny": lambda: _random_graph(60, 3, [4, 6], 13, True, unused=9),
+}
+TAIL_QBERS = [0.0, 0.02, 0.05, 0.07, 0.09, 0.12] * 4          # 24 frames: 16-lane passes, refills, 8-lane tail
+
+
+@needs_stream
+@pytest.mark.parametrize("graph", sorted(GRAPHS))
+@pytest.mark.parametrize("kernel", STREAM_KERNELS)
+def test_stream_tail_layout_and_batches_give_identical_bits(graph, kernel):
+    """Bit-identical per frame: in one batch of 24 (16-lane passes, then the 8-lane tail after lanes are moved),
+    in batches of 3-8 (8-lane layout from the second pass on), and in batches of 9-12 (16 lanes, then the tail)."""
+    g = GRAPHS[graph]()
+    x, llr, syn = _graph_frames(g, TAIL_QBERS, 100)
+    w, ok, it, name = _decode(g, llr, syn, True, kernel, max_iter=40)
+    assert name.startswith("avx512x16-stream")
+    assert ok.any() and it.max() > 2
+    assert np.array_equal(_syndrome(g, w[ok]), syn[ok])        # converged = the syndrome is satisfied
+    for start, size in ((0, 3), (3, 8), (11, 5), (16, 8), (0, 9), (5, 12), (12, 12)):
+        sel = np.arange(start, start + size)
+        w2, ok2, it2, _ = _decode(g, llr[sel], syn[sel], True, kernel, max_iter=40)
+        assert np.array_equal(w2, w[sel]) and np.array_equal(ok2, ok[sel]) and np.array_equal(it2, it[sel]), (start, size)
+    rev = np.arange(len(TAIL_QBERS))[::-1]                     # other lanes, other tail
+    w3, ok3, it3, _ = _decode(g, llr[rev], syn[rev], True, kernel, max_iter=40)
+    assert np.array_equal(w3, w[rev]) and np.array_equal(it3, it[rev])
+
+
+@needs_stream
+@pytest.mark.parametrize("graph", sorted(GRAPHS))
+def test_stream_stops_at_the_first_iteration_that_satisfies_the_syndrome(graph):
+    """The syndrome test (last pass's unsatisfied checks first, then all) is exact: a frame that converged at
+    iteration k is not converged when capped at k - 1, and its word at k satisfies the syndrome."""
+    g = GRAPHS[graph]()
+    x, llr, syn = _graph_frames(g, TAIL_QBERS[:12], 200)
+    w, ok, it, _ = _decode(g, llr, syn, True, 1, max_iter=40)
+    assert np.all(it[np.array(TAIL_QBERS[:12]) == 0.0] == 0)
+    sel = np.flatnonzero(ok & (it > 0))
+    assert sel.size >= 3
+    assert np.array_equal(_syndrome(g, w[sel]), syn[sel])
+    for i in sel:
+        wc, okc, itc, _ = _decode(g, llr[[i] * 3], syn[[i] * 3], True, 1, max_iter=int(it[i]) - 1)
+        assert not okc.any() and np.all(itc == it[i] - 1)
+        assert np.any(_syndrome(g, wc[:1]) != syn[i])
+
+
+@needs_stream
+@pytest.mark.parametrize("graph", ["rate-1/2 code", "double edges"])
+@pytest.mark.parametrize("kernel", STREAM_KERNELS)
+def test_stream_saved_messages_and_warm_restarts_do_not_depend_on_the_batch(graph, kernel):
+    """Blind reconciliation's round trip: messages written back by unconverged frames (from the 16-lane or the
+    8-lane layout) and the warm restart from them are bit-identical per frame whatever the batch."""
+    g = GRAPHS[graph]()
+    qb = [0.07, 0.08, 0.09, 0.10] * 5                         # 20 frames, none converges within 3 iterations
+    x, llr, syn = _graph_frames(g, qb, 300)
+    st = np.zeros((len(qb), g.n_edges), np.float32)
+    _, ok, it, _ = _decode(g, llr, syn, True, kernel, max_iter=3, state=st)
+    assert not ok.any() and np.all(it == 3) and np.count_nonzero(st) > 0.9 * st.size
+    for sel in (np.arange(4), np.arange(4, 20, 2), np.arange(3, 14)):
+        st2 = np.zeros((sel.size, g.n_edges), np.float32)
+        _decode(g, llr[sel], syn[sel], True, kernel, max_iter=3, state=st2)
+        assert np.array_equal(st2, st[sel])
+    ref = _decode(g, llr, syn, True, kernel, max_iter=30, state=st.copy(), warm=True)
+    for sel in (np.arange(5), np.arange(5, 20)):
+        st3 = st[sel].copy()
+        w3, ok3, it3, _ = _decode(g, llr[sel], syn[sel], True, kernel, max_iter=30, state=st3, warm=True)
+        assert np.array_equal(w3, ref[0][sel]) and np.array_equal(ok3, ref[1][sel]) and np.array_equal(it3, ref[2][sel])
+    assert ref[1].any()
+
+
+@needs_stream
+@pytest.mark.parametrize("graph", ["irregular checks", "double edges"])
+def test_stream_matches_the_scalar_reference_on_random_graphs(graph):
+    """Same outcomes as the scalar kernel (its own phi table and double sums: iteration counts may differ a little)."""
+    g = GRAPHS[graph]()
+    x, llr, syn = _graph_frames(g, TAIL_QBERS, 400)
+    w0, ok0, it0, _ = _decode(g, llr, syn, False, max_iter=60)
+    w, ok, it, _ = _decode(g, llr, syn, True, 1, max_iter=60)
+    agree = ok == ok0
+    assert agree.mean() >= 0.9 and ok0.sum() >= 8
+    both = ok & ok0
+    assert np.array_equal(w[both], w0[both])
+    assert np.all(np.abs(it[both] - it0[both]) <= np.maximum(3, it0[both] // 5))

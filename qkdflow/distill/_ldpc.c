@@ -37,6 +37,11 @@
 #define PHI_SHIFT (23 - PHI_MANT)
 #define PHI_XMIN_EXP (-24)                /* table covers [2^-24, 2^6] */
 #define PHI_XMAX_EXP 6
+#define PF_CHECKS 2                       /* streaming kernel: prefetch distance in mean check degrees */
+#define PF_EDGES_MIN 16                   /* ... clamped to [PF_EDGES_MIN, PF_EDGES_MAX] edges */
+#define PF_EDGES_MAX 256
+#define MSG_PF_EDGES 256                  /* streaming kernel: message-stream prefetch distance in edges (64-1024:
+                                           * the same speed, measured) */
 
 static float *phi_tab = NULL;
 static int32_t phi_base = 0;              /* (bits of 2^-24) >> PHI_SHIFT */
@@ -362,19 +367,35 @@ static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int
  *    as zero (the `fresh` lane mask).
  *  - packed hard decisions (hard[v] = the 16 lanes' sign bits, 2 B per variable, L2-resident): the syndrome test
  *    reads them instead of the 64-byte posterior rows and stops at the first check at which every running lane is
- *    still unsatisfied; the result words are read from them.
- *  - software prefetch of the posterior rows of the check PF_DIST ahead: the rows are random (6.4 MB at n = 1e5,
- *    L2 misses) and one check's ~60 instructions per edge keep the next check's loads out of the reorder window.
+ *    still unsatisfied; the result words are read from them. It first visits the checks the last pass left
+ *    unsatisfied (listed during the pass: parity of the new hard decisions right after each check's update), so
+ *    a lane that still fails is usually found at once instead of after a scan over many satisfied checks; the
+ *    outcome is the same for any visiting order.
+ *  - software prefetch of the posterior row of the edge PF_CHECKS mean check degrees ahead, from inside the first
+ *    edge loop: the rows are random (6.4 MB at n = 1e5, L2 misses) and one check's ~80 instructions per edge keep
+ *    the next check's loads out of the reorder window. The message stream is prefetched too (MSG_PF_EDGES edges
+ *    ahead): sequential, but the hardware prefetchers alone left 6-15 % on the table (measured).
  *  - exclusive phi sums as prefix + suffix sums in float32 (no "total - own term" cancellation, so no double
- *    arithmetic); phi16m (vgetmantps + exponent-indexed permutes); vrangeps for |t| clamped at 2^6.
+ *    arithmetic); phi16m (vgetmantps + exponent-indexed permutes); vrangeps for |t| clamped at 2^6. The first
+ *    edge loop stores the prefix sums, the second runs backwards and adds the suffix sum as it goes (one loop and
+ *    two memory passes fewer per check than a separate suffix loop; the float additions are the same, in the same
+ *    order). Going backwards changes only the order in which the check's posteriors are written, so a check that
+ *    lists a variable twice (a double edge: the later edge's write wins) is detected once per call and then the
+ *    whole call runs the forward variant with a separate suffix loop: results are identical either way.
  *  - check-to-variable messages stored as float16 (vcvtps2ph, round to nearest even; 11 significant bits, the
  *    relative resolution of the phi approximation; signed zero keeps the sign of a message below 2^-24):
  *    halves the largest memory stream (E x 32 B instead of 64 B per pass). f16 = 0 keeps float32 messages.
+ *  - 8-lane tail: at n = 1e5 a pass is bound by memory traffic (posterior rows and messages, ~25 MB, do not fit
+ *    in cache), so once the queue is empty and at most 8 frames run (or F <= 8), the running lanes are moved to
+ *    lanes 0-7 and the rows repacked to 8 lanes (compact_lanes, once per call): the remaining passes
+ *    (stream_pass8) move half the bytes (measured ~0.7 of a 16-lane pass per iteration).
  * Per lane the arithmetic does not depend on the other lanes, so a frame's result does not depend on which
  * lane, pass or batch it runs in.
+ * Evaluated and dropped (no gain measured, 2-core VM, n = 1e5): renumbering the variables (first appearance in the
+ * check order, or by degree) so that a check's rows are close in memory (each row is one cache line already, so
+ * only page / prefetcher locality could change), 2 MiB pages for the rows and messages, longer or two-level (L2)
+ * prefetch distances, non-temporal prefetch of the low-degree variables' rows, the phi tables as memory operands.
  */
-#define PF_DIST 2
-
 __attribute__((target("avx512f")))
 static inline __m512 phi16m(__m512 x, const phi_regs *P)
 {
@@ -386,30 +407,12 @@ static inline __m512 phi16m(__m512 x, const phi_regs *P)
     return _mm512_max_ps(y, _mm512_setzero_ps());
 }
 
-__attribute__((target("avx512f,f16c")))
-static inline __m512 c2v_load(const void *c2v, int64_t i, int f16, __mmask16 keep)
-{
-    if (f16)
-        return _mm512_maskz_mov_ps(keep, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)((const uint16_t *)c2v + i * W))));
-    return _mm512_maskz_load_ps(keep, (const float *)c2v + i * W);
-}
-
-__attribute__((target("avx512f,f16c")))
-static inline void c2v_store(void *c2v, int64_t i, int f16, __m512 x)
-{
-    if (f16)
-        _mm256_store_si256((__m256i *)((uint16_t *)c2v + i * W),
-                           _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    else
-        _mm512_store_ps((float *)c2v + i * W, x);
-}
-
 /* one message of lane l (float16 storage: rounded exactly as the kernel stores it) */
 __attribute__((target("avx512f,f16c")))
-static inline float c2v_get(const void *c2v, int64_t e, int l, int f16)
+static inline float c2v_get(const void *c2v, int64_t e, int l, int f16, int ws)
 {
-    if (f16) return _cvtsh_ss(((const uint16_t *)c2v)[e * W + l]);
-    return ((const float *)c2v)[e * W + l];
+    if (f16) return _cvtsh_ss(((const uint16_t *)c2v)[e * ws + l]);
+    return ((const float *)c2v)[e * ws + l];
 }
 
 __attribute__((target("avx512f,f16c")))
@@ -419,19 +422,254 @@ static inline void c2v_set(void *c2v, int64_t e, int l, int f16, float x)
     else ((float *)c2v)[e * W + l] = x;
 }
 
+/* One layered iteration over all checks for the 16 lanes (the streaming kernel's inner loops). f16, masked and
+ * back are constants at every call (specialised copies): float16 / float32 messages; masked = some lanes are on
+ * their first pass and read their messages as 0 (keep = the other lanes); back = no check lists a variable twice,
+ * so the update loop may run backwards with the suffix sums folded in. Appends to unsat_list every check whose
+ * parity, with the hard decisions right after its update, fails in a lane of `act`; returns the list length. */
+__attribute__((target("avx512f,avx512dq,f16c"), always_inline))
+static inline int64_t stream_pass(const int64_t *ptr, const int32_t *ev, int64_t m, int pfe, float *post, void *c2v,
+                                  float *tmp, float *pre, float *phs, const uint16_t *synm, uint16_t *hard,
+                                  __mmask16 keep, uint32_t act, int32_t *unsat_list, const phi_regs *P,
+                                  const int f16, const int masked, const int back)
+{
+    const __m512 lo = _mm512_set1_ps(ldexpf(1.0f, PHI_XMIN_EXP)), hi = _mm512_set1_ps(ldexpf(1.0f, PHI_XMAX_EXP));
+    const __m512i signmask = _mm512_set1_epi32(INT32_MIN);
+    const int64_t n_edges = ptr[m];
+    int64_t n_unsat = 0;
+    for (int64_t c = 0; c < m; c++) {
+        const int64_t a = ptr[c];
+        const int d = (int)(ptr[c + 1] - a);
+        const int32_t *vs = ev + a;
+        const int32_t *pf = a + d + pfe <= n_edges ? vs + pfe : vs;   /* near the end: the check's own rows */
+        __m512i par = _mm512_maskz_mov_epi32((__mmask16)synm[c], signmask);
+        __m512 acc = _mm512_setzero_ps();
+        for (int k = 0; k < d; k++) {      /* variable-to-check messages t, phi(|t|), prefix sums */
+            _mm_prefetch((const char *)(post + (int64_t)pf[k] * W), _MM_HINT_T0);
+            if (a + k + MSG_PF_EDGES < n_edges)
+                _mm_prefetch((const char *)c2v + (a + k + MSG_PF_EDGES) * W * (f16 ? 2 : 4), _MM_HINT_T0);
+            __m512 cv = f16 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)((const uint16_t *)c2v + (a + k) * W)))
+                            : _mm512_load_ps((const float *)c2v + (a + k) * W);
+            if (masked) cv = _mm512_maskz_mov_ps(keep, cv);
+            __m512 t = _mm512_sub_ps(_mm512_load_ps(post + (int64_t)vs[k] * W), cv);
+            _mm512_store_ps(tmp + k * W, t);
+            par = _mm512_xor_si512(par, _mm512_castps_si512(t));
+            __m512 x = _mm512_max_ps(_mm512_range_ps(t, hi, 0x0A), lo);   /* min(|t|, 2^6), sign cleared */
+            __m512 ph = phi16m(x, P);
+            _mm512_store_ps(pre + k * W, acc);
+            _mm512_store_ps(phs + k * W, ph);
+            acc = _mm512_add_ps(acc, ph);
+        }
+        par = _mm512_and_si512(par, signmask);
+        acc = _mm512_setzero_ps();
+        if (!back)
+            for (int k = d - 1; k >= 0; k--) {  /* + suffix sums: pre[k] = sum over the other edges */
+                _mm512_store_ps(pre + k * W, _mm512_add_ps(_mm512_load_ps(pre + k * W), acc));
+                acc = _mm512_add_ps(acc, _mm512_load_ps(phs + k * W));
+            }
+        uint32_t hx = synm[c];
+        for (int j = 0; j < d; j++) {      /* check-to-variable messages, posterior and hard-decision update */
+            const int k = back ? d - 1 - j : j;
+            __m512 y;
+            if (back) {                        /* prefix + suffix, the suffix accumulated here */
+                y = _mm512_add_ps(_mm512_load_ps(pre + k * W), acc);
+                acc = _mm512_add_ps(acc, _mm512_load_ps(phs + k * W));
+            } else {
+                y = _mm512_load_ps(pre + k * W);
+            }
+            y = _mm512_max_ps(_mm512_min_ps(y, hi), lo);
+            __m512 mag = phi16m(y, P);
+            __m512 t = _mm512_load_ps(tmp + k * W);
+            __m512i sg = _mm512_and_si512(_mm512_xor_si512(par, _mm512_castps_si512(t)), signmask);
+            __m512 o = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mag), sg));
+            if (f16)
+                _mm256_store_si256((__m256i *)((uint16_t *)c2v + (a + k) * W),
+                                   _mm512_cvtps_ph(o, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            else
+                _mm512_store_ps((float *)c2v + (a + k) * W, o);
+            __m512 np = _mm512_add_ps(t, o);
+            _mm512_store_ps(post + (int64_t)vs[k] * W, np);
+            uint32_t h = (uint32_t)_mm512_cmplt_epi32_mask(_mm512_castps_si512(np), _mm512_setzero_si512());
+            hard[vs[k]] = (uint16_t)h;
+            hx ^= h;
+        }
+        unsat_list[n_unsat] = (int32_t)c;      /* kept only if some running lane fails the check */
+        n_unsat += (hx & act) != 0;
+    }
+    return n_unsat;
+}
+
+/* One layered iteration in the 8-lane layout (see compact_lanes: the queue is empty and at most 8 frames are left,
+ * or F <= 8): half the memory traffic of a 16-lane pass, which is what limits a pass at n = 1e5 (the posterior
+ * rows and messages do not fit in cache; measured ~0.7 of a 16-lane pass); two edges per vector (edge k in
+ * elements 0-7, edge k+1 in elements 8-15). Per lane the same operations as stream_pass in the same order: t, phi
+ * and the messages element-wise, prefix and suffix sums per edge in edge order, posteriors written in edge order.
+ * No lane may be `fresh`. A check of odd degree pairs its last edge with itself; that half is never stored.
+ * (A 4-lane layout for <= 4 frames was measured no faster: the pass is then bound by its per-edge overhead.)
+ * The scratch rows tmp / pre / phs hold 8 floats per edge. */
+__attribute__((target("avx512f,avx512dq,f16c"), always_inline))
+static inline int64_t stream_pass8(const int64_t *ptr, const int32_t *ev, int64_t m, int pfe, float *post, void *c2v,
+                                   float *tmp, float *pre, float *phs, const uint16_t *synm, uint16_t *hard,
+                                   uint32_t act, int32_t *unsat_list, const phi_regs *P, const int f16)
+{
+    const __m512 lo = _mm512_set1_ps(ldexpf(1.0f, PHI_XMIN_EXP)), hi = _mm512_set1_ps(ldexpf(1.0f, PHI_XMAX_EXP));
+    const __m512i signmask = _mm512_set1_epi32(INT32_MIN);
+    const int64_t n_edges = ptr[m];
+    uint16_t *c16 = (uint16_t *)c2v;
+    float *c32 = (float *)c2v;
+    int64_t n_unsat = 0;
+    for (int64_t c = 0; c < m; c++) {
+        const int64_t a = ptr[c];
+        const int d = (int)(ptr[c + 1] - a);
+        const int32_t *vs = ev + a;
+        const int32_t *pf = a + d + pfe <= n_edges ? vs + pfe : vs;
+        __m512i par = _mm512_maskz_mov_epi32((__mmask16)(synm[c] & 0xFFu), signmask);
+        for (int k = 0; k < d; k += 2) {   /* t, phi(|t|) of edges k, k1 = k + 1 (or k again) */
+            const int two = k + 1 < d, k1 = k + two;
+            _mm_prefetch((const char *)(post + (int64_t)pf[k] * 8), _MM_HINT_T0);
+            _mm_prefetch((const char *)(post + (int64_t)pf[k1] * 8), _MM_HINT_T0);
+            if (a + k + MSG_PF_EDGES < n_edges)
+                _mm_prefetch((const char *)c2v + (a + k + MSG_PF_EDGES) * 8 * (f16 ? 2 : 4), _MM_HINT_T0);
+            __m512 pv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_load_ps(post + (int64_t)vs[k] * 8)),
+                                           _mm256_load_ps(post + (int64_t)vs[k1] * 8), 1);
+            __m512 cv;
+            if (f16)
+                cv = _mm512_cvtph_ps(_mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_load_si128((const __m128i *)(c16 + (a + k) * 8))),
+                    _mm_load_si128((const __m128i *)(c16 + (a + k1) * 8)), 1));
+            else
+                cv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_load_ps(c32 + (a + k) * 8)),
+                                        _mm256_load_ps(c32 + (a + k1) * 8), 1);
+            __m512 t = _mm512_sub_ps(pv, cv);
+            _mm512_store_ps(tmp + k * 8, t);
+            par = _mm512_mask_xor_epi32(par, two ? 0xFFFF : 0x00FF, par, _mm512_castps_si512(t));
+            __m512 x = _mm512_max_ps(_mm512_range_ps(t, hi, 0x0A), lo);
+            _mm512_store_ps(phs + k * 8, phi16m(x, P));
+        }
+        par = _mm512_xor_si512(par, _mm512_shuffle_i64x2(par, par, 0x4E));   /* both halves: the whole check */
+        par = _mm512_and_si512(par, signmask);
+        __m256 acc = _mm256_setzero_ps();
+        for (int k = 0; k < d; k++) {          /* prefix sums */
+            _mm256_store_ps(pre + k * 8, acc);
+            acc = _mm256_add_ps(acc, _mm256_load_ps(phs + k * 8));
+        }
+        acc = _mm256_setzero_ps();
+        for (int k = d - 1; k >= 0; k--) {     /* + suffix sums */
+            _mm256_store_ps(pre + k * 8, _mm256_add_ps(_mm256_load_ps(pre + k * 8), acc));
+            acc = _mm256_add_ps(acc, _mm256_load_ps(phs + k * 8));
+        }
+        uint32_t hx = synm[c] & 0xFFu;
+        for (int k = 0; k < d; k += 2) {   /* messages, posteriors and hard decisions of edges k, k + 1 */
+            const int two = k + 1 < d;
+            __m512 y = _mm512_max_ps(_mm512_min_ps(_mm512_load_ps(pre + k * 8), hi), lo);
+            __m512 mag = phi16m(y, P);
+            __m512 t = _mm512_load_ps(tmp + k * 8);
+            __m512i sg = _mm512_and_si512(_mm512_xor_si512(par, _mm512_castps_si512(t)), signmask);
+            __m512 o = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mag), sg));
+            __m512 np = _mm512_add_ps(t, o);
+            uint32_t h = (uint32_t)_mm512_cmplt_epi32_mask(_mm512_castps_si512(np), _mm512_setzero_si512());
+            if (f16) {
+                __m256i oh = _mm512_cvtps_ph(o, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm_store_si128((__m128i *)(c16 + (a + k) * 8), _mm256_castsi256_si128(oh));
+                if (two) _mm_store_si128((__m128i *)(c16 + (a + k + 1) * 8), _mm256_extracti128_si256(oh, 1));
+            } else {
+                _mm256_store_ps(c32 + (a + k) * 8, _mm512_castps512_ps256(o));
+                if (two) _mm256_store_ps(c32 + (a + k + 1) * 8, _mm512_extractf32x8_ps(o, 1));
+            }
+            _mm256_store_ps(post + (int64_t)vs[k] * 8, _mm512_castps512_ps256(np));   /* edge order */
+            hard[vs[k]] = (uint16_t)(h & 0xFFu);
+            hx ^= h & 0xFFu;
+            if (two) {
+                _mm256_store_ps(post + (int64_t)vs[k + 1] * 8, _mm512_extractf32x8_ps(np, 1));
+                hard[vs[k + 1]] = (uint16_t)(h >> 8);
+                hx ^= h >> 8;
+            }
+        }
+        unsat_list[n_unsat] = (int32_t)c;
+        n_unsat += (hx & act) != 0;
+    }
+    return n_unsat;
+}
+
+/* Narrow the layout from ws to nl lanes per row (the kernel uses 16 -> 8; at most nl lanes running, none fresh):
+ * move the running lanes >= nl to free lanes < nl (posterior column, packed hard decision and syndrome bits, check
+ * messages, frame and iteration count), then repack the posterior and message rows to lanes 0 .. nl - 1 in place
+ * (row i moves down from ws i to nl i: ascending order only overwrites rows already moved). */
+__attribute__((target("avx512f")))
+static void compact_lanes(int64_t n, int64_t m, int64_t n_edges, int ws, int nl, float *post, void *c2v, int f16,
+                          uint16_t *synm, uint16_t *hard, uint32_t *active, int64_t *lane_f, long *lane_it)
+{
+    int src[W], dst[W], k = 0;
+    uint32_t freel = ~*active & ((1u << nl) - 1u);
+    for (int l = nl; l < ws; l++)
+        if (*active >> l & 1u) {
+            int t = __builtin_ctz(freel);
+            freel &= freel - 1;
+            src[k] = l;
+            dst[k++] = t;
+            lane_f[t] = lane_f[l];
+            lane_it[t] = lane_it[l];
+            *active = (*active & ~(1u << l)) | (1u << t);
+        }
+    for (int64_t v = 0; v < n; v++) {
+        uint32_t h = hard[v];
+        for (int j = 0; j < k; j++) {
+            post[v * ws + dst[j]] = post[v * ws + src[j]];
+            h = (h & ~(1u << dst[j])) | ((h >> src[j] & 1u) << dst[j]);
+        }
+        hard[v] = (uint16_t)h;
+    }
+    for (int64_t c = 0; c < m; c++) {
+        uint32_t s = synm[c];
+        for (int j = 0; j < k; j++) s = (s & ~(1u << dst[j])) | ((s >> src[j] & 1u) << dst[j]);
+        synm[c] = (uint16_t)s;
+    }
+    for (int64_t e = 0; e < n_edges; e++)
+        for (int j = 0; j < k; j++) {
+            if (f16) ((uint16_t *)c2v)[e * ws + dst[j]] = ((uint16_t *)c2v)[e * ws + src[j]];
+            else ((float *)c2v)[e * ws + dst[j]] = ((float *)c2v)[e * ws + src[j]];
+        }
+    for (int64_t v = 0; v < n; v++) memmove(post + v * nl, post + v * ws, (size_t)nl * sizeof(float));
+    for (int64_t e = 0; e < n_edges; e++) {
+        if (f16) memmove((uint16_t *)c2v + e * nl, (uint16_t *)c2v + e * ws, (size_t)nl * sizeof(uint16_t));
+        else memmove((float *)c2v + e * nl, (float *)c2v + e * ws, (size_t)nl * sizeof(float));
+    }
+}
+
+/* prefetch distance in edges: PF_CHECKS mean check degrees */
+static int stream_pf_edges(int64_t n_edges, int64_t m)
+{
+    int64_t pfe = PF_CHECKS * ((n_edges + m - 1) / m);
+    return (int)(pfe < PF_EDGES_MIN ? PF_EDGES_MIN : (pfe > PF_EDGES_MAX ? PF_EDGES_MAX : pfe));
+}
+
+/* 1 if some check lists a variable twice (marks: the caller's n-entry scratch, left zeroed) */
+static int has_double_edges(const int64_t *ptr, const int32_t *ev, int64_t m, uint16_t *marks)
+{
+    int dup = 0;
+    for (int64_t c = 0; c < m && !dup; c++) {
+        for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) {
+            dup |= marks[ev[e]];
+            marks[ev[e]] = 1;
+        }
+        for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) marks[ev[e]] = 0;
+    }
+    return dup;
+}
+
 __attribute__((target("avx512f,avx512dq,f16c")))
 static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                             const uint8_t *syn, int64_t F, long max_iter, uint8_t *words, int64_t *iters,
                             uint8_t *oks, float *post, void *c2v, float *tmp, float *pre, float *phs,
-                            uint16_t *synm, uint16_t *hard, float *state, int warm, int f16)
+                            uint16_t *synm, uint16_t *hard, float *state, int warm, int f16, int32_t *unsat_list)
 {
     const int64_t n_edges = ptr[m];
-    for (int64_t i = 0; i < n * W; i++) post[i] = 30.0f;      /* idle lanes: a calm all-zero word */
+    const int pfe = stream_pf_edges(n_edges, m);
     memset(hard, 0, (size_t)n * 2);
+    const int back = !has_double_edges(ptr, ev, m, hard);
+    for (int64_t i = 0; i < n * W; i++) post[i] = 30.0f;      /* idle lanes: a calm all-zero word */
     memset(synm, 0, (size_t)m * 2);
     memset(c2v, 0, (size_t)n_edges * W * (f16 ? 2 : 4));
-    const __m512 lo = _mm512_set1_ps(ldexpf(1.0f, PHI_XMIN_EXP)), hi = _mm512_set1_ps(ldexpf(1.0f, PHI_XMAX_EXP));
-    const __m512i signmask = _mm512_set1_epi32(INT32_MIN);
     phi_regs P;
     for (int j = 0; j <= PHI_DEG; j++) {
         P.lo[j] = _mm512_loadu_ps(phi_polym[j]);
@@ -441,25 +679,35 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
     long lane_it[W];
     uint32_t active = 0, fresh = 0;   /* lane masks: running a frame; first pass (messages read as 0) */
     int64_t next = 0;                 /* next frame of the queue */
+    int64_t n_unsat = 0;              /* checks the last pass left unsatisfied (unsat_list) */
+    int ws = W;                       /* lanes per posterior / message row: 16, or 8 in the tail (no refill then) */
     for (;;) {
         uint32_t newl = 0;
+        int nnew = 0, lanes[W];
+        const double *src[W];
+        const uint8_t *ssrc[W];
         for (int l = 0; l < W && next < F; l++)
-            if (!(active >> l & 1u)) { lane_f[l] = next++; lane_it[l] = 0; newl |= 1u << l; }
+            if (!(active >> l & 1u)) {
+                lane_f[l] = next++;
+                lane_it[l] = 0;
+                newl |= 1u << l;
+                lanes[nnew] = l;
+                src[nnew] = llr + lane_f[l] * n;
+                ssrc[nnew++] = syn + lane_f[l] * m;
+            }
         if (newl) {
             for (int64_t v = 0; v < n; v++) {
                 uint32_t h = hard[v] & ~newl;
-                for (int l = 0; l < W; l++)
-                    if (newl >> l & 1u) {
-                        float x = (float)llr[lane_f[l] * n + v];
-                        post[v * W + l] = x;
-                        h |= sign_bit(x) << l;
-                    }
+                for (int j = 0; j < nnew; j++) {
+                    float x = (float)src[j][v];
+                    post[v * W + lanes[j]] = x;
+                    h |= sign_bit(x) << lanes[j];
+                }
                 hard[v] = (uint16_t)h;
             }
             for (int64_t c = 0; c < m; c++) {
                 uint32_t s = synm[c] & ~newl;
-                for (int l = 0; l < W; l++)
-                    if (newl >> l & 1u) s |= (uint32_t)(syn[lane_f[l] * m + c] & 1) << l;
+                for (int j = 0; j < nnew; j++) s |= (uint32_t)(ssrc[j][c] & 1) << lanes[j];
                 synm[c] = (uint16_t)s;
             }
             if (state && warm) {   /* the lane's saved messages (as stored), post += sum c2v in edge order */
@@ -468,7 +716,7 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                     const float *sf = state + lane_f[l] * n_edges;
                     for (int64_t e = 0; e < n_edges; e++) {
                         c2v_set(c2v, e, l, f16, sf[e]);
-                        post[(int64_t)ev[e] * W + l] += c2v_get(c2v, e, l, f16);
+                        post[(int64_t)ev[e] * W + l] += c2v_get(c2v, e, l, f16, W);
                     }
                     for (int64_t v = 0; v < n; v++)
                         hard[v] = (uint16_t)((hard[v] & ~(1u << l)) | (sign_bit(post[v * W + l]) << l));
@@ -479,8 +727,15 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             active |= newl;
         }
         if (!active) break;
-        /* syndrome test of the running lanes; stops once all of them are known to fail */
+        /* syndrome test of the running lanes; stops once all of them are known to fail. The checks the last
+         * pass left unsatisfied first (likely still so), then all of them in order. */
         uint32_t unsat = 0;
+        for (int64_t i = 0; i < n_unsat && (unsat & active) != active; i++) {
+            const int64_t c = unsat_list[i];
+            uint32_t par = synm[c];
+            for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) par ^= hard[ev[e]];
+            unsat |= par;
+        }
         for (int64_t c = 0; c < m && (unsat & active) != active; c++) {
             uint32_t par = synm[c];
             for (int64_t e = ptr[c]; e < ptr[c + 1]; e++) par ^= hard[ev[e]];
@@ -499,7 +754,7 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             if (state && !okl) {   /* only unconverged frames need their messages for a later attempt */
                 float *sf = state + f * n_edges;
                 int z = fresh >> l & 1u;
-                for (int64_t e = 0; e < n_edges; e++) sf[e] = z ? 0.0f : c2v_get(c2v, e, l, f16);
+                for (int64_t e = 0; e < n_edges; e++) sf[e] = z ? 0.0f : c2v_get(c2v, e, l, f16, ws);
             }
             fin |= 1u << l;
         }
@@ -508,44 +763,26 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
         if (fin && next < F) continue;      /* refill first: the new frames need their own syndrome test */
         if (!active) continue;
         for (int l = 0; l < W; l++) lane_it[l] += (long)(active >> l & 1u);
-        const __mmask16 keep = (__mmask16)~fresh;
-        for (int64_t c = 0; c < m; c++) {
-            const int64_t a = ptr[c];
-            const int d = (int)(ptr[c + 1] - a);
-            const int32_t *vs = ev + a;
-            if (c + PF_DIST < m)
-                for (int64_t e = ptr[c + PF_DIST]; e < ptr[c + PF_DIST + 1]; e++)
-                    _mm_prefetch((const char *)(post + (int64_t)ev[e] * W), _MM_HINT_T0);
-            __m512i par = _mm512_maskz_mov_epi32((__mmask16)synm[c], signmask);
-            __m512 acc = _mm512_setzero_ps();
-            for (int k = 0; k < d; k++) {      /* variable-to-check messages t, phi(|t|), prefix sums */
-                __m512 t = _mm512_sub_ps(_mm512_load_ps(post + (int64_t)vs[k] * W), c2v_load(c2v, a + k, f16, keep));
-                _mm512_store_ps(tmp + k * W, t);
-                par = _mm512_xor_si512(par, _mm512_castps_si512(t));
-                __m512 x = _mm512_max_ps(_mm512_range_ps(t, hi, 0x0A), lo);   /* min(|t|, 2^6), sign cleared */
-                __m512 ph = phi16m(x, &P);
-                _mm512_store_ps(pre + k * W, acc);
-                _mm512_store_ps(phs + k * W, ph);
-                acc = _mm512_add_ps(acc, ph);
+        if (next >= F && !fresh && __builtin_popcount(active) <= 8) {   /* the tail: 8-lane layout */
+            if (ws == W) {
+                compact_lanes(n, m, n_edges, W, 8, post, c2v, f16, synm, hard, &active, lane_f, lane_it);
+                ws = 8;
             }
-            acc = _mm512_setzero_ps();
-            for (int k = d - 1; k >= 0; k--) {  /* + suffix sums: pre[k] = sum over the other edges */
-                _mm512_store_ps(pre + k * W, _mm512_add_ps(_mm512_load_ps(pre + k * W), acc));
-                acc = _mm512_add_ps(acc, _mm512_load_ps(phs + k * W));
-            }
-            par = _mm512_and_si512(par, signmask);
-            for (int k = 0; k < d; k++) {      /* check-to-variable messages, posterior and hard-decision update */
-                __m512 y = _mm512_max_ps(_mm512_min_ps(_mm512_load_ps(pre + k * W), hi), lo);
-                __m512 mag = phi16m(y, &P);
-                __m512 t = _mm512_load_ps(tmp + k * W);
-                __m512i sg = _mm512_and_si512(_mm512_xor_si512(par, _mm512_castps_si512(t)), signmask);
-                __m512 o = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mag), sg));
-                c2v_store(c2v, a + k, f16, o);
-                __m512 np = _mm512_add_ps(t, o);
-                _mm512_store_ps(post + (int64_t)vs[k] * W, np);
-                hard[vs[k]] = (uint16_t)_mm512_cmplt_epi32_mask(_mm512_castps_si512(np), _mm512_setzero_si512());
-            }
+            n_unsat = f16 ? stream_pass8(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, active, unsat_list, &P, 1)
+                          : stream_pass8(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, active, unsat_list, &P, 0);
+            continue;
         }
+        const __mmask16 keep = (__mmask16)~fresh;
+#define STREAM_PASS(F16, MASKED, BACK) \
+        stream_pass(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, keep, active, unsat_list, &P, F16, MASKED, BACK)
+        if (back) {
+            if (f16) n_unsat = fresh ? STREAM_PASS(1, 1, 1) : STREAM_PASS(1, 0, 1);
+            else n_unsat = fresh ? STREAM_PASS(0, 1, 1) : STREAM_PASS(0, 0, 1);
+        } else {
+            if (f16) n_unsat = fresh ? STREAM_PASS(1, 1, 0) : STREAM_PASS(1, 0, 0);
+            else n_unsat = fresh ? STREAM_PASS(0, 1, 0) : STREAM_PASS(0, 0, 0);
+        }
+#undef STREAM_PASS
         fresh = 0;
     }
 }
@@ -680,7 +917,7 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     PyObject *res = NULL;
     float *post = NULL, *tmp = NULL, *phs = NULL, *pre = NULL;
     void *c2v = NULL;
-    int32_t *synT = NULL;
+    int32_t *synT = NULL, *unsat_list = NULL;
     uint16_t *synm = NULL, *hard = NULL;
     for (; got < 7; got++)
         if (get_buf(o[got], &b[got], wr[got], isz[got], names[got]) < 0) goto done;
@@ -727,7 +964,10 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     synT = vec == KERNEL_GROUP16 ? (int32_t *)alloc64((size_t)m * lanes * sizeof(int32_t)) : NULL;
     synm = vec ? (uint16_t *)alloc64((size_t)m * 2) : NULL;
     hard = vec ? (uint16_t *)alloc64((size_t)n * 2) : NULL;
-    if (!post || !c2v || !tmp || !phs || !pre || (vec && (!synm || !hard)) || (vec == KERNEL_GROUP16 && !synT)) {
+    int stream = vec && vec != KERNEL_GROUP16;
+    unsat_list = stream ? (int32_t *)alloc64((size_t)m * sizeof(int32_t)) : NULL;
+    if (!post || !c2v || !tmp || !phs || !pre || (vec && (!synm || !hard)) || (vec == KERNEL_GROUP16 && !synT) ||
+        (stream && !unsat_list)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -747,7 +987,7 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         f_scalar = F >= STREAM_MIN_FRAMES ? F : 0;
         if (f_scalar)
             decode_stream16(ptr, ev, m, n, llr, syn, F, max_iter, words, iters, oks, post, c2v, tmp, pre, phs,
-                            synm, hard, state, warm, vec == KERNEL_STREAM_F16);
+                            synm, hard, state, warm, vec == KERNEL_STREAM_F16, unsat_list);
     }
 #endif
     for (int64_t f = f_scalar; f < F; f++) {
@@ -764,6 +1004,7 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     }
 done:
     free(post); free(c2v); free(tmp); free(phs); free(pre); free(synT); free(synm); free(hard);
+    free(unsat_list);
     if (have_state) PyBuffer_Release(&bst);
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return res;
