@@ -61,11 +61,13 @@ class ReconcileAau(AauHalf):
                     self._answer(blk, msg["request"])
             else:
                 frames = ldpc_frames(blk.bits, self._alice_ldpc.frame_bits)
+                pad = frames.size - blk.bits.size      # public zeros at the end of the last frame
                 out, blind = [], []
                 try:
                     for i, fb in enumerate(frames):
                         if self.ldpc_mode == "blind":
-                            sm, fr = self._alice_ldpc.encode_blind(fb, q, frame_id=(blk.num << 16) + i)
+                            sm, fr = self._alice_ldpc.encode_blind(fb, q, frame_id=(blk.num << 16) + i,
+                                                                   pad_bits=pad if i == len(frames) - 1 else 0)
                             blind.append(fr)
                         else:
                             sm = self._alice_ldpc.encode(fb, q, frame_id=(blk.num << 16) + i)

@@ -9,7 +9,8 @@ Stage "ec". The DU corrects its key towards the AAU's (Alice's key is the refere
   * ``method: ldpc`` (``qkdflow.distill.ldpc``): ``start`` {method, n, qber_estimate}; the AAU answers
     ``syndromes`` with one syndrome per frame of the block (all frames in one message). The key is zero-padded to
     whole frames at both ends (public padding: the syndrome leak is charged in full for the last frame, which
-    over-counts, never under-counts). All frames are decoded in one batch (``LdpcBob.decode_many``).
+    over-counts, never under-counts; in blind mode the last frame's first attempt is planned for its real bits and
+    Bob decodes the padding as known zeros, so a part-filled frame leaks about what its real bits need). All frames are decoded in one batch (``LdpcBob.decode_many``).
     ``ldpc_mode: oneshot`` (Elkouss et al., ITW 2010): rate from the QBER estimate and ``ldpc_efficiency``; a frame
     that does not converge aborts the block.
     ``ldpc_mode: blind`` (Martinez-Mateo, Elkouss, Martin, QIC 12, 791 (2012); ``ldpc.BlindDecoder``): the syndromes
@@ -140,8 +141,9 @@ class ReconcileDu(DuHalf):
                 raise ProtocolError(f"LDPC syndromes are not all {self.ldpc_mode} frames")
             if self.ldpc_mode == "blind":
                 try:
+                    pads = [0] * (len(sms) - 1) + [frames.size - blk.bits.size]   # as the AAU planned
                     blk.state["blind"] = ldpc.BlindDecoder(self._bob_ldpc, list(frames), sms,
-                                                           self.ldpc_round_iterations)
+                                                           self.ldpc_round_iterations, pads=pads)
                 except ValueError as e:
                     raise ProtocolError(f"LDPC syndromes: {e}") from None
                 self._blind_round(blk)

@@ -1027,3 +1027,44 @@ def test_lifted_code_is_a_z_cover_of_its_base(tmp_path, monkeypatch):
     assert all(r.converged and np.array_equal(r.corrected, a[i]) for i, r in enumerate(res))
     with pytest.raises(ValueError, match="not a multiple"):
         build_code(3 * 4096 + 1, 0.7, 5)
+
+
+def test_blind_padded_last_frame_is_planned_for_its_real_bits(pool):
+    """A key block's last frame, 15 % public zero padding: the first attempt is planned for the real bits (the code
+    choice too: a smaller first syndrome leak), Bob decodes the padding as known zeros, and the leak per
+    real bit stays that of a full frame."""
+    rng = np.random.default_rng(51)
+    alice = LdpcAlice(pool, seed=51)
+    k = alice.frame_bits
+    pad = int(0.15 * k)
+    q = 0.03
+    a = rng.integers(0, 2, (3, k), dtype=np.uint8)
+    a[:, k - pad:] = 0
+    b = a ^ (rng.random(a.shape) < q).astype(np.uint8)
+    b[:, k - pad:] = 0
+    full = [alice.encode_blind(a[i], q, frame_id=i) for i in range(3)]
+    part = [alice.encode_blind(a[i], q, frame_id=10 + i, pad_bits=pad) for i in range(3)]
+    # the same or a higher-rate mother code, and a smaller first syndrome leak
+    assert all(pm.m <= fm.m and pm.leak_bits < fm.leak_bits for (pm, _), (fm, _) in zip(part, full))
+    h = binary_entropy(q)
+    code = next(c for c in pool if c.fingerprint == part[0][0].code_fingerprint)
+    p_cap = min(round(0.1 * N), code.puncture_order.size)
+    # f = blind_start on the real bits, as far as the punctured symbols allow
+    assert part[0][0].leak_bits == max(code.m - p_cap, math.ceil(1.0 * (k - pad) * h - 1e-9))
+    msgs = [m for m, _ in part]
+    dec = BlindDecoder(LdpcBob(pool), list(b), msgs, pads=[pad] * 3)
+    failing = dec.decode()
+    while failing:
+        dec.add_reveals([part[i][1].reveal() for i in failing])
+        failing = dec.decode()
+    assert dec.done
+    for i, r in enumerate(dec.results):
+        assert np.array_equal(r.corrected, a[i])
+    f_real = dec.leak_bits / (3 * (k - pad) * h)
+    assert 1.0 <= f_real < 1.35
+    with pytest.raises(ValueError, match="padding"):
+        alice.encode_blind(np.ones(k, dtype=np.uint8), q, pad_bits=pad)
+    with pytest.raises(ValueError, match="padding"):
+        LdpcBob(pool).decode_many([np.ones(k, dtype=np.uint8)], [msgs[0]], pads=[pad])
+    with pytest.raises(ValueError, match="pads"):
+        BlindDecoder(LdpcBob(pool), list(b), msgs, pads=[pad])

@@ -354,7 +354,7 @@ def plan_frame(codes: Sequence[LdpcCode], qber_estimate: float, efficiency: floa
 
 def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = DEFAULT_BLIND_START,
                step: float = DEFAULT_BLIND_STEP, max_efficiency: float = DEFAULT_BLIND_MAX,
-               delta: float = DEFAULT_DELTA, margin_sigmas: float | None = None,
+               delta: float = DEFAULT_DELTA, margin_sigmas: float | None = None, pad_bits: int = 0,
                ) -> tuple[LdpcCode, int, int, int]:
     """Choose (mother code, p0, s0, reveal step) for blind reconciliation from a QBER estimate.
 
@@ -364,7 +364,8 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
     there on. p0 = m - ceil(start k h), within [0, min(d,
     recoverable punctures)]: the first attempt runs at efficiency ``start`` (or the highest rate the code
     reaches with every modulated symbol punctured, Martinez-Mateo et al. 2012). Step: ceil(step k h) values
-    per round, i.e. about ``step`` in efficiency.
+    per round, i.e. about ``step`` in efficiency. ``pad_bits``: the frame's last key bits are public zeros (a key
+    block's padded last frame), so only k - pad_bits bits count, for the code choice and the efficiencies.
     """
     if not (math.isfinite(qber_estimate) and 0.0 < qber_estimate < 0.5):
         raise ValueError(f"qber_estimate: must be in (0, 0.5), got {qber_estimate!r}")
@@ -382,15 +383,18 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
         raise ValueError("codes: empty code pool")
     h = binary_entropy(qber_estimate)
     ordered = sorted(codes, key=lambda c: c.m)
+    k_all = ordered[0].n - int(round(delta * ordered[0].n))
+    if not (isinstance(pad_bits, (int, np.integer)) and 0 <= pad_bits < k_all):
+        raise ValueError(f"pad_bits: must be an integer in [0, {k_all}), got {pad_bits!r}")
 
     def reaches(c: LdpcCode) -> bool:   # fully shortened, f >= max_efficiency for a frame z sigma above the mean
-        k = c.n - round(delta * c.n)
+        k = c.n - round(delta * c.n) - pad_bits     # the real bits: padding is known to both
         q_hi = min(qber_estimate + margin_sigmas * math.sqrt(qber_estimate * (1 - qber_estimate) / k), 0.5)
         return c.m >= max_efficiency * k * binary_entropy(q_hi)
 
     code = next((c for c in ordered if reaches(c)), ordered[-1])
     d = int(round(delta * code.n))
-    kh = (code.n - d) * h
+    kh = (code.n - d - pad_bits) * h
     p_cap = min(d, int(code.puncture_order.size))
     p0 = int(min(max(code.m - math.ceil(start * kh - 1e-9), 0), p_cap))
     s0 = d - p0
@@ -501,17 +505,21 @@ class LdpcAlice:
         return SyndromeMessage(code.fingerprint, int(frame_id), code.n, code.m, p, s, float(qber_estimate),
                                code.syndrome(word))
 
-    def encode_blind(self, key: np.ndarray, qber_estimate: float,
-                     frame_id: int | None = None) -> tuple[SyndromeMessage, "BlindAliceFrame"]:
+    def encode_blind(self, key: np.ndarray, qber_estimate: float, frame_id: int | None = None,
+                     pad_bits: int = 0) -> tuple[SyndromeMessage, "BlindAliceFrame"]:
         """Blind mode: the first syndrome (rate from ``plan_blind``) and the frame's state for later reveals.
 
         The caller keeps the ``BlindAliceFrame`` (it holds the secret punctured values) until the frame is done.
+        ``pad_bits``: the last key bits are public zero padding (Bob is told the same count); the first
+        attempt's rate is planned for the other bits, so a part-filled frame does not cost a full frame's leak.
         """
         bits = _as_bits(key, "key")
         if bits.size != self.frame_bits:
             raise ValueError(f"key: frame must have {self.frame_bits} bits, got {bits.size}")
+        if pad_bits and bits[bits.size - pad_bits:].any():
+            raise ValueError("key: the padding bits must be zeros")
         code, p, s, step = plan_blind(self.codes, qber_estimate, self.blind_start, self.blind_step,
-                                      self.blind_max, self.delta, self.blind_margin_sigmas)
+                                      self.blind_max, self.delta, self.blind_margin_sigmas, pad_bits)
         if frame_id is None:
             frame_id = self._frame_id
         if not (isinstance(frame_id, (int, np.integer)) and 0 <= frame_id < 2**64):
@@ -601,7 +609,8 @@ class LdpcBob:
 
     def decode_many(self, keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
                     reveals: Sequence[Sequence[RevealMessage]] | None = None,
-                    states: list | None = None, max_iterations: int | None = None) -> list[LdpcResult]:
+                    states: list | None = None, max_iterations: int | None = None,
+                    pads: Sequence[int] | None = None) -> list[LdpcResult]:
         """Decode several frames; frames of the same mother code go to the C multi-frame kernel together.
 
         Same results as ``decode`` frame by frame (up to the float rounding of the SIMD kernel's phi), faster
@@ -610,7 +619,8 @@ class LdpcBob:
         become shortened symbols, and ``leak_bits`` counts them); ``states`` (C path only) is a list with one
         entry per frame, ``None`` or the float32 messages of that frame's previous attempt: decoding resumes
         from them, and the entry is replaced by the new messages (``None`` once the frame has converged).
-        ``max_iterations`` overrides the instance's cap for this call.
+        ``max_iterations`` overrides the instance's cap for this call. ``pads[i]``: frame i's last key bits are
+        public zero padding (decoded as known zeros).
         """
         if len(keys) != len(msgs):
             raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
@@ -618,10 +628,13 @@ class LdpcBob:
             raise ValueError(f"reveals: {len(reveals)} lists for {len(msgs)} frames")
         if states is not None and len(states) != len(msgs):
             raise ValueError(f"states: {len(states)} entries for {len(msgs)} frames")
+        if pads is not None and len(pads) != len(msgs):
+            raise ValueError(f"pads: {len(pads)} entries for {len(msgs)} frames")
         cap = self.max_iterations if max_iterations is None else int(max_iterations)
         out: list[LdpcResult | None] = [None] * len(msgs)
         if self.use_numba is not None or _cldpc is None:
-            prepared = [self._prepare(k, msg, reveals[i] if reveals is not None else ())
+            prepared = [self._prepare(k, msg, reveals[i] if reveals is not None else (),
+                                      pad_bits=pads[i] if pads is not None else 0)
                         for i, (k, msg) in enumerate(zip(keys, msgs))]
             for i, ((code, key_pos, llr, t, syn), msg) in enumerate(zip(prepared, msgs)):
                 word, ok, iters = decode_syndrome(code, llr, syn, cap, self.use_numba)
@@ -640,7 +653,8 @@ class LdpcBob:
             arr = None if c is None else np.empty((len(idx), c.n), dtype=np.float64)
             for j, i in enumerate(idx):
                 prepared[i] = self._prepare(keys[i], msgs[i], reveals[i] if reveals is not None else (),
-                                            out=None if arr is None else arr[j])
+                                            out=None if arr is None else arr[j],
+                                            pad_bits=pads[i] if pads is not None else 0)
             group_llr[fp] = arr
         for fp, idx in groups.items():
             code = prepared[idx[0]][0]
@@ -664,7 +678,8 @@ class LdpcBob:
         return out  # type: ignore[return-value]
 
     def _prepare(self, key: np.ndarray, msg: SyndromeMessage, reveals: Sequence[RevealMessage] = (),
-                 out: np.ndarray | None = None) -> tuple[LdpcCode, np.ndarray, np.ndarray, int, np.ndarray]:
+                 out: np.ndarray | None = None, pad_bits: int = 0,
+                 ) -> tuple[LdpcCode, np.ndarray, np.ndarray, int, np.ndarray]:
         """Validate one frame and build Bob's LLRs: channel at key bits, 0 punctured, +-inf shortened and
         revealed (into ``out``, a float64 row of length n, if given). Returns (code to decode: the mother code,
         extended by the extension bits revealed; key positions; llr; values revealed; syndrome to decode)."""
@@ -689,6 +704,10 @@ class LdpcBob:
             llr.fill(0.0)
         big = math.log((1.0 - q) / q)
         llr[key_pos] = big - (2.0 * big) * bits      # +L for 0, -L for 1
+        if pad_bits:                                 # public zero padding: known, like a shortened symbol
+            if not (0 <= pad_bits < bits.size) or bits[bits.size - pad_bits:].any():
+                raise ValueError(f"pad_bits: {pad_bits} padding bits must be zeros at the end of the frame")
+            llr[key_pos[bits.size - pad_bits:]] = _SHORTENED_LLR
         llr[short] = _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * _shortened_values(code, msg.frame_id, msg.shortened)
         t = 0
         p0, limit = msg.punctured, msg.punctured + extension_rows(code)
@@ -741,7 +760,8 @@ class BlindDecoder:
     """
 
     def __init__(self, bob: "LdpcBob", keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
-                 round_iterations: int = DEFAULT_ROUND_ITERATIONS, warm_start: bool = True) -> None:
+                 round_iterations: int = DEFAULT_ROUND_ITERATIONS, warm_start: bool = True,
+                 pads: Sequence[int] | None = None) -> None:
         if len(keys) != len(msgs):
             raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
         if not all(m.blind for m in msgs):
@@ -749,6 +769,9 @@ class BlindDecoder:
         if not (isinstance(round_iterations, int) and round_iterations >= 1):
             raise ValueError(f"round_iterations: must be a positive integer, got {round_iterations!r}")
         self.bob, self.keys, self.msgs = bob, list(keys), list(msgs)
+        if pads is not None and len(pads) != len(msgs):
+            raise ValueError(f"pads: {len(pads)} entries for {len(msgs)} frames")
+        self.pads = list(pads) if pads is not None else [0] * len(msgs)
         unknown = [m.frame_id for m in self.msgs if m.code_fingerprint not in bob.codes]
         if unknown:
             raise ValueError(f"msg: frame {unknown[0]}: code fingerprint does not match any code held by Bob")
@@ -778,7 +801,8 @@ class BlindDecoder:
             cap = self.bob.max_iterations if final else min(self.round_iterations, self.bob.max_iterations)
             sub_states = [self.states[i] for i in idx] if self.states is not None else None
             res = self.bob.decode_many([self.keys[i] for i in idx], [self.msgs[i] for i in idx],
-                                       [self.reveals[i] for i in idx], sub_states, max_iterations=cap)
+                                       [self.reveals[i] for i in idx], sub_states, max_iterations=cap,
+                                       pads=[self.pads[i] for i in idx])
             for j, (i, r) in enumerate(zip(idx, res)):
                 self.results[i] = r
                 self.attempts += 1
