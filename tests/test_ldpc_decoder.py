@@ -26,15 +26,20 @@ QBERS = [0.0, 0.03, 0.06, 0.07, 0.13] * 8 + [0.06, 0.07]       # 42 frames: more
 def frames():
     """Seeded frames of one rate-1/2 code: (code, truth words, LLRs, syndromes)."""
     code = build_code(8192, 0.5, 21)
-    rng = np.random.default_rng(2024)
-    x = rng.integers(0, 2, (len(QBERS), code.n), dtype=np.uint8)
-    syn = np.bitwise_xor.reduceat(x[:, code.edge_var], code.check_ptr[:-1], axis=1).astype(np.uint8)
-    llr = np.empty((len(QBERS), code.n))
-    for i, q in enumerate(QBERS):
-        y = x[i] ^ (rng.random(code.n) < q).astype(np.uint8)
+    x, llr, syn = _bsc_frames(code.check_ptr, code.edge_var, code.n, QBERS, np.random.default_rng(2024))
+    return code, x, llr, syn
+
+
+def _bsc_frames(check_ptr, edge_var, n: int, qbers, rng):
+    """Random words x, their syndromes, and Bob's LLRs after a BSC(q) per frame (q = 0: LLR magnitude of 1 %)."""
+    x = rng.integers(0, 2, (len(qbers), n), dtype=np.uint8)
+    syn = np.bitwise_xor.reduceat(x[:, edge_var], check_ptr[:-1], axis=1).astype(np.uint8)
+    llr = np.empty((len(qbers), n))
+    for i, q in enumerate(qbers):
+        y = x[i] ^ (rng.random(n) < q).astype(np.uint8)
         mag = np.log((1 - 0.01) / 0.01) if q == 0.0 else np.log((1 - q) / q)
         llr[i] = np.where(y == 0, mag, -mag)
-    return code, x, llr, syn
+    return x, llr, syn
 
 
 def _decode(code, llr, syn, simd, kernel=0, max_iter=MAX_ITER, state=None, warm=False):
@@ -167,15 +172,7 @@ def _graph_frames(g: _Graph, qbers, seed: int):
     """Frames at the given BSC crossover probabilities, scaled by m / (n / 2) (the graph's redundancy against
     rate 1/2) so that every graph sees both outcomes."""
     qbers = [q * g.m / (g.n / 2) for q in qbers]
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 2, (len(qbers), g.n), dtype=np.uint8)
-    syn = np.bitwise_xor.reduceat(x[:, g.edge_var], g.check_ptr[:-1], axis=1).astype(np.uint8)
-    llr = np.empty((len(qbers), g.n))
-    for i, q in enumerate(qbers):
-        y = x[i] ^ (rng.random(g.n) < q).astype(np.uint8)
-        mag = np.log((1 - 0.01) / 0.01) if q == 0.0 else np.log((1 - q) / q)
-        llr[i] = np.where(y == 0, mag, -mag)
-    return x, llr, syn
+    return _bsc_frames(g.check_ptr, g.edge_var, g.n, qbers, np.random.default_rng(seed))
 
 
 def _syndrome(g: _Graph, w: np.ndarray) -> np.ndarray:

@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-iterations", type=int, default=200)
     ap.add_argument("--numpy", action="store_true", help="force the numpy decoder")
     ap.add_argument("--single", action="store_true", help="C: scalar frame-by-frame kernel (no SIMD batch)")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="seed of the frames (and of the codes, unless --code-seed)")
+    ap.add_argument("--code-seed", type=int, default=None,
+                    help="seed of the mother-code construction (default: --seed); new frames on the same codes")
     ap.add_argument("--mode", choices=("oneshot", "blind", "both"), default="both")
     ap.add_argument("--blind-start", type=float, default=ldpc.DEFAULT_BLIND_START)
     ap.add_argument("--blind-step", type=float, default=ldpc.DEFAULT_BLIND_STEP)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.n:
         t0 = time.perf_counter()
         try:
-            codes = load_or_build_codes(n, args.seed, rates=args.rates, construction=args.construction,
+            codes = load_or_build_codes(n, args.seed if args.code_seed is None else args.code_seed, rates=args.rates, construction=args.construction,
                                         family=args.family)
         except ValueError as exc:
             ap.error(str(exc))

@@ -147,8 +147,8 @@ BLIND_MARGIN_SIGMAS = 3.0
 # Below it the extension does not cover the spread (n = 1e4, margin 0: 6/64 frames lost at 1 %, 3/64 at 3 %).
 BLIND_LONG_N = 100_000
 # The mother-code pool of the protocol: family "de" (ldpc_codes: density-evolution-designed rates 0.79-0.95 + the
-# Elkouss et al. rows below 0.79): at n = 1e5, blind f 1.14 / 1.15 / 1.08 at 1 / 2 / 3 % QBER with no frame lost
-# (the Elkouss rows alone: 1.21 / 1.12 / 1.14).
+# Elkouss et al. rows below 0.79): when introduced, at n = 1e5, blind f 1.14 / 1.15 / 1.08 at 1 / 2 / 3 % QBER with no
+# frame lost (the Elkouss rows alone: 1.21 / 1.12 / 1.14); README's f table for the current figures.
 DEFAULT_CODE_FAMILY = "de"
 DEFAULT_ROUND_ITERATIONS = 30
 ALGORITHMS = ("sum-product", "min-sum")
