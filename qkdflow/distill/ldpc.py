@@ -37,8 +37,8 @@ is the highest-rate code of the pool whose fully shortened efficiency m/((n-d) h
 a frame ``margin_sigmas`` standard deviations of its error count above the estimate.
 Extension (beyond the paper): a frame that still fails with every punctured value revealed does not end the
 key block. Alice goes on revealing, ``reveal_step`` at a time, the syndrome of the code's extension rows
-(``ldpc_codes.extended_code``: 0.25 m extra parity checks, every variable in exactly one), i.e. Bob decodes
-[H; E_j] x = (s, s_E[:j]): a lower-rate code of the same family of graphs, up to f = 1.25 times the fully
+(``ldpc_codes.extended_code``: 0.5 m extra parity checks, every variable in exactly one), i.e. Bob decodes
+[H; E_j] x = (s, s_E[:j]): a lower-rate code of the same family of graphs, up to f = 1.5 times the fully
 shortened one. Every extension bit is one more bit of leak (``m - p0 + t`` still counts them all: t runs past
 p0). Only a frame that fails with the whole extension revealed is lost.
 Bob resumes every later attempt from the previous attempt's messages (``decode_syndromes(state=...)``).
