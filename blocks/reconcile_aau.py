@@ -60,14 +60,13 @@ class ReconcileAau(AauHalf):
                 if msg.get("request"):
                     self._answer(blk, msg["request"])
             else:
-                frames = ldpc_frames(blk.bits, self._alice_ldpc.frame_bits)
-                pad = frames.size - blk.bits.size      # public zeros at the end of the last frame
+                frames, pads = ldpc_frames(blk.bits, self._alice_ldpc.frame_bits)
                 out, blind = [], []
                 try:
                     for i, fb in enumerate(frames):
                         if self.ldpc_mode == "blind":
                             sm, fr = self._alice_ldpc.encode_blind(fb, q, frame_id=(blk.num << 16) + i,
-                                                                   pad_bits=pad if i == len(frames) - 1 else 0)
+                                                                   pad_bits=pads[i])
                             blind.append(fr)
                         else:
                             sm = self._alice_ldpc.encode(fb, q, frame_id=(blk.num << 16) + i)
@@ -77,7 +76,7 @@ class ReconcileAau(AauHalf):
                     self.abort(blk, f"LDPC: {e}")
                     return
                 if blind:
-                    st["blind"] = blind        # the secret punctured values, until the block is done
+                    st["blind"] = blind        # the words with their secret punctured values, until the block is done
                 self.send_peer(blk, "syndromes", frames=out)
         elif type_ == "request" and "alice" in st:
             self._answer(blk, msg["request"])

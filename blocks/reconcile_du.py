@@ -10,7 +10,8 @@ Stage "ec". The DU corrects its key towards the AAU's (Alice's key is the refere
     ``syndromes`` with one syndrome per frame of the block (all frames in one message). The key is zero-padded to
     whole frames at both ends (public padding: the syndrome leak is charged in full for the last frame, which
     over-counts, never under-counts; in blind mode the last frame's first attempt is planned for its real bits and
-    Bob decodes the padding as known zeros, so a part-filled frame leaks about what its real bits need). All frames are decoded in one batch (``LdpcBob.decode_many``).
+    Bob decodes the padding as known zeros, so a part-filled frame leaks about what its real bits need). All
+    frames are decoded in one batch (``LdpcBob.decode_many``).
     ``ldpc_mode: oneshot`` (Elkouss et al., ITW 2010): rate from the QBER estimate and ``ldpc_efficiency``; a frame
     that does not converge aborts the block.
     ``ldpc_mode: blind`` (Martinez-Mateo, Elkouss, Martin, QIC 12, 791 (2012); ``ldpc.BlindDecoder``): the syndromes
@@ -60,12 +61,13 @@ METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed"
                  "ldpc_mode", "ldpc_blind_start", "ldpc_blind_step", "ldpc_blind_max")
 
 
-def ldpc_frames(bits: np.ndarray, frame_bits: int) -> np.ndarray:
-    """Zero-pad the key to whole LDPC frames: shape (n_frames, frame_bits)."""
+def ldpc_frames(bits: np.ndarray, frame_bits: int) -> tuple[np.ndarray, list[int]]:
+    """Zero-pad the key to whole LDPC frames: (frames of shape (n_frames, frame_bits), padding bits per frame,
+    all in the last one). Both ends derive the same padding from the block length."""
     n_frames = max(1, -(-bits.size // frame_bits))
     padded = np.zeros(n_frames * frame_bits, dtype=np.uint8)
     padded[:bits.size] = bits
-    return padded.reshape(n_frames, frame_bits)
+    return padded.reshape(n_frames, frame_bits), [0] * (n_frames - 1) + [padded.size - bits.size]
 
 
 class ReconcileDu(DuHalf):
@@ -130,7 +132,7 @@ class ReconcileDu(DuHalf):
         elif type_ == "syndromes" and self.method == "ldpc" and "corrected" not in blk.state \
                 and "blind" not in blk.state:
             raw = msg.get("frames")
-            frames = ldpc_frames(blk.bits, self._ldpc_frame_bits)
+            frames, pads = ldpc_frames(blk.bits, self._ldpc_frame_bits)
             if not isinstance(raw, list) or len(raw) != frames.shape[0]:
                 raise ProtocolError(f"expected {frames.shape[0]} LDPC syndromes")
             try:
@@ -141,7 +143,6 @@ class ReconcileDu(DuHalf):
                 raise ProtocolError(f"LDPC syndromes are not all {self.ldpc_mode} frames")
             if self.ldpc_mode == "blind":
                 try:
-                    pads = [0] * (len(sms) - 1) + [frames.size - blk.bits.size]   # as the AAU planned
                     blk.state["blind"] = ldpc.BlindDecoder(self._bob_ldpc, list(frames), sms,
                                                            self.ldpc_round_iterations, pads=pads)
                 except ValueError as e:

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.n:
         t0 = time.perf_counter()
         try:
-            codes = load_or_build_codes(n, args.seed if args.code_seed is None else args.code_seed, rates=args.rates, construction=args.construction,
+            code_seed = args.seed if args.code_seed is None else args.code_seed
+            codes = load_or_build_codes(n, code_seed, rates=args.rates, construction=args.construction,
                                         family=args.family)
         except ValueError as exc:
             ap.error(str(exc))

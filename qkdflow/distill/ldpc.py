@@ -94,6 +94,7 @@ from qkdflow.distill.ldpc_codes import (
     LdpcCode,
     extended_code,
     extension_rows,
+    extension_syndrome,
     load_or_build_code,
     load_or_build_codes,
 )
@@ -533,21 +534,20 @@ class LdpcAlice:
         word[short] = _shortened_values(code, frame_id, s)
         msg = SyndromeMessage(code.fingerprint, int(frame_id), code.n, code.m, p, s, float(qber_estimate),
                               code.syndrome(word), reveal_step=step)
-        return msg, BlindAliceFrame(code.fingerprint, int(frame_id), code.m, p, step, word[order].copy(), code, word)
+        return msg, BlindAliceFrame(code, int(frame_id), p, step, word)
 
 
 class BlindAliceFrame:
-    """Alice's state of one blind frame: the secret punctured values (in puncturing order), her word (for the
-    extension syndrome) and how many values have been revealed. ``leak_bits`` = m - p0 + revealed, exactly what
-    Bob has been told about the frame."""
+    """Alice's state of one blind frame: her word x+ (key, secret punctured values, shortened values) and how
+    many values have been revealed. ``leak_bits`` = m - p0 + revealed, exactly what Bob has been told about the
+    frame."""
 
-    def __init__(self, fingerprint: bytes, frame_id: int, m: int, p0: int, step: int, values: np.ndarray,
-                 code: LdpcCode | None = None, word: np.ndarray | None = None) -> None:
-        self.fingerprint, self.frame_id, self.m, self.p0, self.step = fingerprint, frame_id, m, p0, step
-        self._values = values
+    def __init__(self, code: LdpcCode, frame_id: int, p0: int, step: int, word: np.ndarray) -> None:
+        self.fingerprint, self.m = code.fingerprint, code.m
+        self.frame_id, self.p0, self.step = frame_id, p0, step
         self._code, self._word = code, word
         self._ext: np.ndarray | None = None
-        self.limit = p0 + (extension_rows(code) if code is not None and word is not None else 0)
+        self.limit = p0 + extension_rows(code)     # punctured values, then extension syndrome bits
         self.revealed = 0
 
     @property
@@ -561,13 +561,13 @@ class BlindAliceFrame:
     def reveal(self) -> RevealMessage | None:
         """The next ``step`` punctured values (fewer at the end), then the next ``step`` extension syndrome bits
         (a message never mixes the two); None once everything has been revealed."""
-        if self.revealed < self.p0:
+        if self.revealed < self.p0:   # from the end of the puncturing order: the rest stays a prefix
             left = self.p0 - self.revealed
             c = min(self.step, left)
-            values = self._values[left - c:left].copy()
+            values = self._word[self._code.puncture_order[left - c:left]]
         elif self.revealed < self.limit:
             if self._ext is None:   # H_E x+ once: every punctured value is public by now
-                self._ext = extended_code(self._code, self.limit - self.p0).syndrome(self._word)[self.m:]
+                self._ext = extension_syndrome(self._code, self._word)
             e0 = self.revealed - self.p0
             c = min(self.step, self.limit - self.revealed)
             values = self._ext[e0:e0 + c].copy()

@@ -73,6 +73,7 @@ __all__ = [
     "EXTENSION_FRACTION",
     "extension_rows",
     "extended_code",
+    "extension_syndrome",
 ]
 
 _FORMAT_VERSION = 4
@@ -184,8 +185,9 @@ _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
 }
 # BSC sum-product DE thresholds of the rows above (ldpc_design.threshold, LLR step 0.1, bisection to 0.2 %) and
 # the efficiency f* = (1 - R)/h(p*) there; the Elkouss rows as recomputed by the same code.
-_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.815: 0.02701, 0.84: 0.02247, 0.85: 0.02071, 0.875: 0.01643, 0.89: 0.01370,
-                                            0.90: 0.01232, 0.915: 0.01013, 0.93: 0.00802, 0.95: 0.00521}
+_DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.815: 0.02701, 0.84: 0.02247, 0.85: 0.02071,
+                                            0.875: 0.01643, 0.89: 0.01370, 0.90: 0.01232, 0.915: 0.01013,
+                                            0.93: 0.00802, 0.95: 0.00521}
 DE_DISTRIBUTIONS: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     **{r: v for r, v in DEGREE_DISTRIBUTIONS.items() if r not in _DE_HIGH}, **_DE_HIGH}
 FAMILIES: dict[str, dict[float, tuple[dict[int, float], dict[int, float]]]] = {
@@ -746,7 +748,7 @@ def load_or_build_codes(n: int, seed: int, rates: tuple[float, ...] | None = Non
 EXTENSION_FRACTION = 0.5
 _EXTENSIONS: dict = {}        # fingerprint -> (code, ptr, ev) of the full extension
 _EXTENDED: dict = {}          # (fingerprint, rows) -> (code, extended code)
-_EXTENDED_MAX = 64
+_CACHE_MAX = 64               # entries per cache (cleared when full)
 
 
 def extension_rows(code: LdpcCode) -> int:
@@ -765,10 +767,16 @@ def _extension(code: LdpcCode) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((perm, row))                     # by row, variables ascending within a row
     ev = perm[order].astype(np.int32)
     ptr = np.searchsorted(row[order], np.arange(rows + 1)).astype(np.int64)
-    if len(_EXTENSIONS) >= _EXTENDED_MAX:
+    if len(_EXTENSIONS) >= _CACHE_MAX:
         _EXTENSIONS.clear()
     _EXTENSIONS[code.fingerprint] = (code, ptr, ev)
     return ptr, ev
+
+
+def extension_syndrome(code: LdpcCode, word: np.ndarray) -> np.ndarray:
+    """H_E x of a 0/1 word of length n over every extension row of ``code`` (no extended copy of H is built)."""
+    ptr, ev = _extension(code)
+    return _segment_xor(word[ev].astype(np.uint8), ptr)
 
 
 def extended_code(code: LdpcCode, rows: int) -> LdpcCode:
@@ -790,7 +798,7 @@ def extended_code(code: LdpcCode, rows: int) -> LdpcCode:
                    var_degree=(code.var_degree + np.bincount(new_ev, minlength=code.n)).astype(np.int32),
                    puncture_order=code.puncture_order, shorten_order=code.shorten_order, four_cycles=-1,
                    construction=code.construction, family=code.family)
-    if len(_EXTENDED) >= _EXTENDED_MAX:
+    if len(_EXTENDED) >= _CACHE_MAX:
         _EXTENDED.clear()
     _EXTENDED[(code.fingerprint, rows)] = (code, ext)
     return ext
