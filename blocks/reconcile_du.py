@@ -81,6 +81,9 @@ class ReconcileDu(DuHalf):
               low=1),
         Param("ldpc_round_iterations", int, ldpc.DEFAULT_ROUND_ITERATIONS,
               doc="blind LDPC: iterations per attempt while values are left to reveal", low=1),
+        Param("ldpc_round_stall", int, ldpc.DEFAULT_ROUND_STALL,
+              doc="blind LDPC: such an attempt stops after this many iterations without progress (0: never)",
+              low=0),
     )
     inputs = sync_ports_in() + (Message("key", kind="distill.key", optional=False, doc="from estimate_du"),
                                 Message("peer", kind="distill.ec", optional=False, doc="from reconcile_aau"))
@@ -144,7 +147,8 @@ class ReconcileDu(DuHalf):
             if self.ldpc_mode == "blind":
                 try:
                     blk.state["blind"] = ldpc.BlindDecoder(self._bob_ldpc, list(frames), sms,
-                                                           self.ldpc_round_iterations, pads=pads)
+                                                           self.ldpc_round_iterations, pads=pads,
+                                                           round_stall=self.ldpc_round_stall)
                 except ValueError as e:
                     raise ProtocolError(f"LDPC syndromes: {e}") from None
                 self._blind_round(blk)

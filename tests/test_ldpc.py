@@ -483,6 +483,31 @@ def test_blind_converges_where_oneshot_at_the_starting_rate_fails(pool):
     assert 1.0 < f_eff < 1.0 + 0.03 * dec.rounds + 0.01
 
 
+def _run_blind(bob, b, msgs, frames, **kw):
+    dec = BlindDecoder(bob, list(b), msgs, **kw)
+    failing = dec.decode()
+    while failing:
+        dec.add_reveals([frames[i].reveal() for i in failing])
+        failing = dec.decode()
+    return dec
+
+
+def test_blind_round_stall_cuts_iterations_and_still_decodes_every_frame(pool):
+    """round_stall: attempts with values left to reveal stop when they stop progressing; the messages are kept,
+    so every frame still converges to Alice's word, with fewer BP iterations than without the rule."""
+    runs = []
+    for rs in (0, 3):
+        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 6, seed=23, blind_start=1.0, blind_step=0.02)
+        dec = _run_blind(LdpcBob(pool, max_iterations=200), b, msgs, frames, round_iterations=60, round_stall=rs)
+        assert not dec.failed
+        assert all(r.converged and np.array_equal(r.corrected, a[i]) for i, r in enumerate(dec.results))
+        runs.append(dec)
+    assert runs[1].iterations < runs[0].iterations
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="round_stall"):
+            BlindDecoder(LdpcBob(pool), list(b), msgs, round_stall=bad)
+
+
 def test_blind_reveal_values_are_alices_punctured_bits(pool):
     alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=22)
     code = next(c for c in pool if c.fingerprint == msgs[0].code_fingerprint)

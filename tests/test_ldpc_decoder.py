@@ -264,3 +264,42 @@ def test_stream_matches_the_scalar_reference_on_random_graphs(graph):
     both = ok & ok0
     assert np.array_equal(w[both], w0[both])
     assert np.all(np.abs(it[both] - it0[both]) <= np.maximum(3, it0[both] // 5))
+
+
+def _decode_stall(code, llr, syn, simd, stall, kernel=0, state=None, warm=False):
+    f = llr.shape[0]
+    words = np.empty((f, code.n), np.uint8)
+    iters = np.zeros(f, np.int64)
+    ok = np.zeros(f, np.uint8)
+    _c.decode_many(code.check_ptr, code.edge_var, np.ascontiguousarray(llr), np.ascontiguousarray(syn),
+                   MAX_ITER, words, iters, ok, simd, state, warm, kernel, stall)
+    return words, ok.astype(bool), iters
+
+
+@pytest.mark.skipif(_c is None, reason="C extension not built")
+@pytest.mark.parametrize("simd", [False, True])
+def test_stall_rule_gives_up_hopeless_frames_early_and_keeps_the_rest(frames, scalar, simd):
+    """stall = K: a frame above threshold stops once K iterations bring no new minimum of failing checks; a
+    decodable frame decodes to the same word (the rule only ever stops frames that have not converged)."""
+    if simd and not getattr(_c, "HAVE_SIMD_STREAM", 0):
+        pytest.skip("no AVX-512 streaming kernel on this CPU")
+    code, x, llr, syn = frames
+    w0, ok0, it0, _ = _decode(code, llr, syn, simd)
+    w, ok, it = _decode_stall(code, llr, syn, simd, stall=4)
+    hopeless = np.array(QBERS) == 0.13
+    assert not ok0[hopeless].any() and np.all(it0[hopeless] == MAX_ITER)
+    assert not ok[hopeless].any() and np.all(it[hopeless] < MAX_ITER // 2)
+    # no frame decodes with the rule that did not without it, and every decoded word is the truth
+    assert not (ok & ~ok0).any() and np.array_equal(w[ok], x[ok])
+    easy = np.isin(np.array(QBERS), [0.0, 0.03])
+    assert ok[easy].all() and np.array_equal(it[easy], it0[easy])
+    # stall = 0 is the plain decoder
+    w1, ok1, it1 = _decode_stall(code, llr, syn, simd, stall=0)
+    assert np.array_equal(w1, w0) and np.array_equal(it1, it0)
+
+
+@pytest.mark.skipif(_c is None, reason="C extension not built")
+def test_stall_must_not_be_negative(frames):
+    code, _, llr, syn = frames
+    with pytest.raises(ValueError, match="stall"):
+        _decode_stall(code, llr[:2], syn[:2], False, stall=-1)

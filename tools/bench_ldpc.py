@@ -79,7 +79,8 @@ def run_blind(args, alice, bob, a, b, q):
     """Blind rounds over the whole batch, every message through its byte codec; times the decode calls."""
     sent = [alice.encode_blind(a[i], q, frame_id=i) for i in range(a.shape[0])]
     msgs = [SyndromeMessage.from_bytes(m.to_bytes()) for m, _ in sent]
-    dec = BlindDecoder(bob, list(b), msgs, args.round_iterations, warm_start=not args.cold)
+    dec = BlindDecoder(bob, list(b), msgs, args.round_iterations, warm_start=not args.cold,
+                       round_stall=args.round_stall)
     dec_s = 0.0
     while True:
         t = time.perf_counter()
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=None,
                     help="mother-code rates of the pool (default: all of the family's)")
     ap.add_argument("--decoder", choices=ldpc.ALGORITHMS, default=ldpc.DEFAULT_ALGORITHM)
-    ap.add_argument("--stall", type=int, default=0, help="min-sum: stop after this many stalled iterations (0: off)")
+    ap.add_argument("--round-stall", type=int, default=ldpc.DEFAULT_ROUND_STALL,
+                    help="blind: an attempt with values left to reveal stops after this many stalled iterations")
+    ap.add_argument("--stall", type=int, default=0, help="give a frame up after this many stalled iterations (0: off)")
     args = ap.parse_args(argv)
     if args.frames < 1:
         ap.error("--frames must be >= 1")
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.construction or 'default construction'}; "
           f"one-shot target f = "
           f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
-          f"{args.round_iterations} iterations per attempt, {'cold' if args.cold else 'warm'} restarts")
+          f"{args.round_iterations} iterations per attempt (stall {args.round_stall}), {'cold' if args.cold else 'warm'} restarts")
     print(f"{'mode':>7} {'n':>8} {'QBER':>6} {'R0':>5} {'f':>6} {'fmax':>6} {'fails':>9} {'FER95':>7} {'att':>5} "
           f"{'rounds':>6} {'iter':>6} {'dec Mb/s':>9} {'ext':>4}")
     rng = np.random.default_rng(args.seed)

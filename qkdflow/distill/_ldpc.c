@@ -166,7 +166,7 @@ static int check_tanner(const int64_t *ptr, const int32_t *ev, int64_t m, int64_
 
 static long decode_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                          const uint8_t *syn, long max_iter, uint8_t *word, float *post, float *c2v,
-                         float *tmp, float *phs, int *ok, int warm)
+                         float *tmp, float *phs, int *ok, int warm, long stall)
 {
     int64_t n_edges = ptr[m];
     if (warm) {            /* continue from the check messages of an earlier attempt: post = llr + sum c2v */
@@ -183,7 +183,8 @@ static long decode_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64
         for (int64_t v = 0; v < n; v++) post[v] = (float)llr[v];
         memset(c2v, 0, (size_t)n_edges * sizeof(float));
     }
-    long it = 0;
+    long it = 0, best_it = 0;
+    int64_t best_cnt = INT64_MAX;     /* stall rule, as in decode_stream16 */
     for (;;) {
         int good = 1;
         for (int64_t c = 0; c < m && good; c++) {
@@ -192,14 +193,15 @@ static long decode_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64
             good = (par == 0);
         }
         if (good) { *ok = 1; break; }
-        if (it >= max_iter) { *ok = 0; break; }
+        if (it >= max_iter || (stall > 0 && it - best_it >= stall)) { *ok = 0; break; }
         it++;
+        int64_t cnt = 0;
         for (int64_t c = 0; c < m; c++) {
             const int64_t a = ptr[c];
             const int d = (int)(ptr[c + 1] - a);
             const int32_t *vs = ev + a;
             float *msg = c2v + a;
-            uint32_t par = syn[c];
+            uint32_t par = syn[c], hx = syn[c] & 1u;
             double total = 0.0;
             for (int k = 0; k < d; k++) {
                 float t = post[vs[k]] - msg[k];
@@ -214,8 +216,11 @@ static long decode_frame(const int64_t *ptr, const int32_t *ev, int64_t m, int64
                 float o = with_sign(mag, par ^ sign_bit(tmp[k]));
                 msg[k] = o;
                 post[vs[k]] = tmp[k] + o;
+                hx ^= sign_bit(post[vs[k]]);
             }
+            cnt += hx;
         }
+        if (cnt < best_cnt) { best_cnt = cnt; best_it = it; }
     }
     for (int64_t v = 0; v < n; v++) word[v] = (uint8_t)sign_bit(post[v]);
     return it;
@@ -430,9 +435,11 @@ static inline void c2v_set(void *c2v, int64_t e, int l, int f16, float x)
 __attribute__((target("avx512f,avx512dq,f16c"), always_inline))
 static inline int64_t stream_pass(const int64_t *ptr, const int32_t *ev, int64_t m, int pfe, float *post, void *c2v,
                                   float *tmp, float *pre, float *phs, const uint16_t *synm, uint16_t *hard,
-                                  __mmask16 keep, uint32_t act, int32_t *unsat_list, const phi_regs *P,
-                                  const int f16, const int masked, const int back)
+                                  __mmask16 keep, uint32_t act, int32_t *unsat_list, int32_t *lane_cnt,
+                                  const phi_regs *P, const int f16, const int masked, const int back)
 {
+    __m512i cnt = _mm512_setzero_si512();
+    const __m512i one = _mm512_set1_epi32(1);
     const __m512 lo = _mm512_set1_ps(ldexpf(1.0f, PHI_XMIN_EXP)), hi = _mm512_set1_ps(ldexpf(1.0f, PHI_XMAX_EXP));
     const __m512i signmask = _mm512_set1_epi32(INT32_MIN);
     const int64_t n_edges = ptr[m];
@@ -495,7 +502,9 @@ static inline int64_t stream_pass(const int64_t *ptr, const int32_t *ev, int64_t
         }
         unsat_list[n_unsat] = (int32_t)c;      /* kept only if some running lane fails the check */
         n_unsat += (hx & act) != 0;
+        cnt = _mm512_mask_add_epi32(cnt, (__mmask16)hx, cnt, one);
     }
+    _mm512_storeu_si512(lane_cnt, cnt);
     return n_unsat;
 }
 
@@ -510,8 +519,11 @@ static inline int64_t stream_pass(const int64_t *ptr, const int32_t *ev, int64_t
 __attribute__((target("avx512f,avx512dq,f16c"), always_inline))
 static inline int64_t stream_pass8(const int64_t *ptr, const int32_t *ev, int64_t m, int pfe, float *post, void *c2v,
                                    float *tmp, float *pre, float *phs, const uint16_t *synm, uint16_t *hard,
-                                   uint32_t act, int32_t *unsat_list, const phi_regs *P, const int f16)
+                                   uint32_t act, int32_t *unsat_list, int32_t *lane_cnt, const phi_regs *P,
+                                   const int f16)
 {
+    __m512i cnt = _mm512_setzero_si512();
+    const __m512i one = _mm512_set1_epi32(1);
     const __m512 lo = _mm512_set1_ps(ldexpf(1.0f, PHI_XMIN_EXP)), hi = _mm512_set1_ps(ldexpf(1.0f, PHI_XMAX_EXP));
     const __m512i signmask = _mm512_set1_epi32(INT32_MIN);
     const int64_t n_edges = ptr[m];
@@ -587,7 +599,9 @@ static inline int64_t stream_pass8(const int64_t *ptr, const int32_t *ev, int64_
         }
         unsat_list[n_unsat] = (int32_t)c;
         n_unsat += (hx & act) != 0;
+        cnt = _mm512_mask_add_epi32(cnt, (__mmask16)(hx & 0xFFu), cnt, one);
     }
+    _mm512_storeu_si512(lane_cnt, cnt);
     return n_unsat;
 }
 
@@ -597,7 +611,8 @@ static inline int64_t stream_pass8(const int64_t *ptr, const int32_t *ev, int64_
  * (row i moves down from ws i to nl i: ascending order only overwrites rows already moved). */
 __attribute__((target("avx512f")))
 static void compact_lanes(int64_t n, int64_t m, int64_t n_edges, int ws, int nl, float *post, void *c2v, int f16,
-                          uint16_t *synm, uint16_t *hard, uint32_t *active, int64_t *lane_f, long *lane_it)
+                          uint16_t *synm, uint16_t *hard, uint32_t *active, int64_t *lane_f, long *lane_it,
+                          int32_t *best_cnt, long *best_it)
 {
     int src[W], dst[W], k = 0;
     uint32_t freel = ~*active & ((1u << nl) - 1u);
@@ -609,6 +624,8 @@ static void compact_lanes(int64_t n, int64_t m, int64_t n_edges, int ws, int nl,
             dst[k++] = t;
             lane_f[t] = lane_f[l];
             lane_it[t] = lane_it[l];
+            best_cnt[t] = best_cnt[l];
+            best_it[t] = best_it[l];
             *active = (*active & ~(1u << l)) | (1u << t);
         }
     for (int64_t v = 0; v < n; v++) {
@@ -657,11 +674,24 @@ static int has_double_edges(const int64_t *ptr, const int32_t *ev, int64_t m, ui
     return dup;
 }
 
+/* Stall rule: a lane's fewest failing checks (counted during the pass, each check with the hard decisions right
+ * after its own update) and the iteration that reached it. */
+static inline void stall_update(uint32_t active, const int32_t *cnt, const long *it, int32_t *best_cnt,
+                                long *best_it)
+{
+    for (int l = 0; l < W; l++)
+        if ((active >> l & 1u) && cnt[l] < best_cnt[l]) {
+            best_cnt[l] = cnt[l];
+            best_it[l] = it[l];
+        }
+}
+
 __attribute__((target("avx512f,avx512dq,f16c")))
 static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                             const uint8_t *syn, int64_t F, long max_iter, uint8_t *words, int64_t *iters,
                             uint8_t *oks, float *post, void *c2v, float *tmp, float *pre, float *phs,
-                            uint16_t *synm, uint16_t *hard, float *state, int warm, int f16, int32_t *unsat_list)
+                            uint16_t *synm, uint16_t *hard, float *state, int warm, int f16, int32_t *unsat_list,
+                            long stall)
 {
     const int64_t n_edges = ptr[m];
     const int pfe = stream_pf_edges(n_edges, m);
@@ -676,7 +706,8 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
         P.hi[j] = _mm512_loadu_ps(phi_polym[j] + 16);
     }
     int64_t lane_f[W];
-    long lane_it[W];
+    long lane_it[W], best_it[W];
+    int32_t lane_cnt[W], best_cnt[W];    /* stall rule: checks failing per lane in the last pass, fewest so far */
     uint32_t active = 0, fresh = 0;   /* lane masks: running a frame; first pass (messages read as 0) */
     int64_t next = 0;                 /* next frame of the queue */
     int64_t n_unsat = 0;              /* checks the last pass left unsatisfied (unsat_list) */
@@ -690,6 +721,8 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             if (!(active >> l & 1u)) {
                 lane_f[l] = next++;
                 lane_it[l] = 0;
+                best_it[l] = 0;
+                best_cnt[l] = INT32_MAX;
                 newl |= 1u << l;
                 lanes[nnew] = l;
                 src[nnew] = llr + lane_f[l] * n;
@@ -745,7 +778,7 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
         for (int l = 0; l < W; l++) {
             if (!(active >> l & 1u)) continue;
             int okl = !(unsat >> l & 1u);
-            if (!okl && lane_it[l] < max_iter) continue;
+            if (!okl && lane_it[l] < max_iter && !(stall > 0 && lane_it[l] - best_it[l] >= stall)) continue;
             int64_t f = lane_f[l];
             uint8_t *wd = words + f * n;
             for (int64_t v = 0; v < n; v++) wd[v] = (uint8_t)(hard[v] >> l & 1u);
@@ -765,16 +798,21 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
         for (int l = 0; l < W; l++) lane_it[l] += (long)(active >> l & 1u);
         if (next >= F && !fresh && __builtin_popcount(active) <= 8) {   /* the tail: 8-lane layout */
             if (ws == W) {
-                compact_lanes(n, m, n_edges, W, 8, post, c2v, f16, synm, hard, &active, lane_f, lane_it);
+                compact_lanes(n, m, n_edges, W, 8, post, c2v, f16, synm, hard, &active, lane_f, lane_it, best_cnt,
+                              best_it);
                 ws = 8;
             }
-            n_unsat = f16 ? stream_pass8(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, active, unsat_list, &P, 1)
-                          : stream_pass8(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, active, unsat_list, &P, 0);
+            n_unsat = f16 ? stream_pass8(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, active, unsat_list,
+                                         lane_cnt, &P, 1)
+                          : stream_pass8(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, active, unsat_list,
+                                         lane_cnt, &P, 0);
+            stall_update(active, lane_cnt, lane_it, best_cnt, best_it);
             continue;
         }
         const __mmask16 keep = (__mmask16)~fresh;
 #define STREAM_PASS(F16, MASKED, BACK) \
-        stream_pass(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, keep, active, unsat_list, &P, F16, MASKED, BACK)
+        stream_pass(ptr, ev, m, pfe, post, c2v, tmp, pre, phs, synm, hard, keep, active, unsat_list, lane_cnt, &P, \
+                    F16, MASKED, BACK)
         if (back) {
             if (f16) n_unsat = fresh ? STREAM_PASS(1, 1, 1) : STREAM_PASS(1, 0, 1);
             else n_unsat = fresh ? STREAM_PASS(0, 1, 1) : STREAM_PASS(0, 0, 1);
@@ -783,6 +821,7 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             else n_unsat = fresh ? STREAM_PASS(0, 1, 0) : STREAM_PASS(0, 0, 0);
         }
 #undef STREAM_PASS
+        stall_update(active, lane_cnt, lane_it, best_cnt, best_it);
         fresh = 0;
     }
 }
@@ -869,7 +908,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
     long it;
     Py_BEGIN_ALLOW_THREADS
     it = decode_frame(ptr, ev, m, n, (const double *)bl.buf, (const uint8_t *)bs.buf, max_iter,
-                      (uint8_t *)bw.buf, post, c2v, tmp, phs, &ok, 0);
+                      (uint8_t *)bw.buf, post, c2v, tmp, phs, &ok, 0, 0);
     Py_END_ALLOW_THREADS
     res = Py_BuildValue("(lO)", it, ok ? Py_True : Py_False);
 done:
@@ -884,7 +923,7 @@ static void *alloc64(size_t bytes) { return aligned_alloc(64, ((bytes + 63) / 64
 
 PyDoc_STRVAR(decode_many_doc,
 "decode_many(check_ptr, edge_var, llr, syndromes, max_iterations, words, iterations, converged, simd\n"
-"            [, state, warm, kernel])\n\n"
+"            [, state, warm, kernel, stall])\n\n"
 "F frames of one code: llr float64 (F*n,), syndromes uint8 (F*m,), outputs words uint8 (F*n,),\n"
 "iterations int64 (F,), converged uint8 (F,).  simd: 1 = a 16-frame AVX-512 kernel where the CPU has it,\n"
 "0 = frame-by-frame scalar kernel.  state: optional writable float32 (F*E,) check-to-variable messages (or None);\n"
@@ -892,17 +931,23 @@ PyDoc_STRVAR(decode_many_doc,
 "messages of every frame that did not converge are written back (blind reconciliation's later rounds).\n"
 "kernel (SIMD only): 0 = best available (default), 1 = streaming with float16 messages, 2 = streaming with\n"
 "float32 messages, 3 = the earlier 16-frame group kernel (lock-step groups, for comparisons).\n"
+"stall: > 0 gives a frame up (not converged) once its count of failing checks, taken during each pass, has not\n"
+"reached a new minimum for `stall` iterations (streaming and scalar kernels; the group kernel ignores it).\n"
 "Returns the name of the kernel used.");
 
 static PyObject *py_decode_many(PyObject *self, PyObject *args)
 {
     PyObject *o[8];
     PyObject *o_state = Py_None;
-    long max_iter;
+    long max_iter, stall = 0;
     int simd, warm = 0, kernel = KERNEL_AUTO;
-    if (!PyArg_ParseTuple(args, "OOOOlOOOp|Opi", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6], &simd,
-                          &o_state, &warm, &kernel))
+    if (!PyArg_ParseTuple(args, "OOOOlOOOp|Opil", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6], &simd,
+                          &o_state, &warm, &kernel, &stall))
         return NULL;
+    if (stall < 0) {
+        PyErr_SetString(PyExc_ValueError, "decode_many: stall must be >= 0");
+        return NULL;
+    }
     if (kernel < KERNEL_AUTO || kernel > KERNEL_GROUP16) {
         PyErr_SetString(PyExc_ValueError, "decode_many: kernel must be 0 (auto), 1, 2 (streaming f16/f32) or 3 (group)");
         return NULL;
@@ -987,14 +1032,14 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         f_scalar = F >= STREAM_MIN_FRAMES ? F : 0;
         if (f_scalar)
             decode_stream16(ptr, ev, m, n, llr, syn, F, max_iter, words, iters, oks, post, c2v, tmp, pre, phs,
-                            synm, hard, state, warm, vec == KERNEL_STREAM_F16, unsat_list);
+                            synm, hard, state, warm, vec == KERNEL_STREAM_F16, unsat_list, stall);
     }
 #endif
     for (int64_t f = f_scalar; f < F; f++) {
         int ok = 0;
         float *msgs = state ? state + f * ptr[m] : (float *)c2v;   /* the frame's own saved messages, in place */
         iters[f] = decode_frame(ptr, ev, m, n, llr + f * n, syn + f * m, max_iter, words + f * n, post, msgs,
-                                tmp, phs, &ok, state ? warm : 0);
+                                tmp, phs, &ok, state ? warm : 0, stall);
         oks[f] = (uint8_t)ok;
     }
     Py_END_ALLOW_THREADS
