@@ -848,6 +848,33 @@ def test_discretised_de_reproduces_the_regular_3_6_bsc_threshold():
     assert not ldpc_design.DensityEvolution(0.0865, 3).run(lam, rho)[0]
 
 
+def test_de_with_punctured_and_shortened_nodes_moves_the_threshold_the_right_way():
+    """Random puncturing (erased channel) lowers the (3,6) BSC threshold, random shortening (known values) raises
+    it; with both at zero the channel density is the plain BSC's."""
+    lam, rho = {3: 1.0}, {6: 1.0}
+    plain = ldpc_design.DensityEvolution(0.08, 3)
+    mixed = ldpc_design.DensityEvolution(0.08, 3, punctured=0.0, shortened=0.0)
+    assert np.array_equal(plain.channel, mixed.channel)
+    assert ldpc_design.DensityEvolution(0.0815, 3).run(lam, rho)[0]
+    assert not ldpc_design.DensityEvolution(0.0815, 3, punctured=0.05).run(lam, rho)[0]
+    assert not ldpc_design.DensityEvolution(0.0865, 3).run(lam, rho)[0]
+    assert ldpc_design.DensityEvolution(0.0865, 3, shortened=0.1).run(lam, rho)[0]
+    with pytest.raises(ValueError, match="punctured"):
+        ldpc_design.DensityEvolution(0.08, 3, punctured=0.6, shortened=0.5)
+
+
+def test_adaptive_efficiency_is_the_least_leak_at_which_de_converges():
+    lam, rho, q, delta = {3: 1.0}, {6: 1.0}, 0.08, 0.1
+    f = ldpc_design.adaptive_efficiency(lam, rho, q, delta, tol=1e-3)
+    kh = (1 - delta) * ldpc.binary_entropy(q)
+    pi = 0.5 - f * kh                                  # punctured fraction at that efficiency (1 - R = 0.5)
+    assert 0.0 < pi < delta and f > 1.0
+    assert ldpc_design.DensityEvolution(q, 3, punctured=pi, shortened=delta - pi).run(lam, rho)[0]
+    assert not ldpc_design.DensityEvolution(q, 3, punctured=pi + 2e-3, shortened=delta - pi - 2e-3).run(lam, rho)[0]
+    # above the fully shortened code's threshold nothing converges
+    assert ldpc_design.adaptive_efficiency(lam, rho, 0.11, delta) == math.inf
+
+
 @pytest.mark.parametrize("rate", [0.80, 0.85, 0.90])
 def test_discretised_de_reproduces_elkouss_thresholds_within_2_percent(rate):
     # Elkouss et al. ISIT 2009 Table I print p* = 0.0298 / 0.0199 / 0.0109 for their rate 0.80 / 0.85 / 0.90 rows

@@ -743,16 +743,22 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                 for (int j = 0; j < nnew; j++) s |= (uint32_t)(ssrc[j][c] & 1) << lanes[j];
                 synm[c] = (uint16_t)s;
             }
-            if (state && warm) {   /* the lane's saved messages (as stored), post += sum c2v in edge order */
-                for (int l = 0; l < W; l++) {
-                    if (!(newl >> l & 1u)) continue;
-                    const float *sf = state + lane_f[l] * n_edges;
-                    for (int64_t e = 0; e < n_edges; e++) {
-                        c2v_set(c2v, e, l, f16, sf[e]);
-                        post[(int64_t)ev[e] * W + l] += c2v_get(c2v, e, l, f16, W);
+            if (state && warm) {   /* the lanes' saved messages (as stored), post += sum c2v in edge order; all new
+                                    * lanes in one sweep (a sweep per lane re-read every message row per lane) */
+                const float *sf[W];
+                for (int j = 0; j < nnew; j++) sf[j] = state + lane_f[lanes[j]] * n_edges;
+                for (int64_t e = 0; e < n_edges; e++) {
+                    float *pv = post + (int64_t)ev[e] * W;
+                    for (int j = 0; j < nnew; j++) {
+                        c2v_set(c2v, e, lanes[j], f16, sf[j][e]);
+                        pv[lanes[j]] += c2v_get(c2v, e, lanes[j], f16, W);
                     }
-                    for (int64_t v = 0; v < n; v++)
-                        hard[v] = (uint16_t)((hard[v] & ~(1u << l)) | (sign_bit(post[v * W + l]) << l));
+                }
+                for (int64_t v = 0; v < n; v++) {
+                    uint32_t h = hard[v];
+                    for (int j = 0; j < nnew; j++)
+                        h = (h & ~(1u << lanes[j])) | (sign_bit(post[v * W + lanes[j]]) << lanes[j]);
+                    hard[v] = (uint16_t)h;
                 }
             } else {
                 fresh |= newl;
@@ -775,6 +781,8 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             unsat |= par;
         }
         uint32_t fin = 0;
+        int nsave = 0, save_l[W];
+        float *save_to[W];
         for (int l = 0; l < W; l++) {
             if (!(active >> l & 1u)) continue;
             int okl = !(unsat >> l & 1u);
@@ -786,11 +794,17 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             oks[f] = (uint8_t)okl;
             if (state && !okl) {   /* only unconverged frames need their messages for a later attempt */
                 float *sf = state + f * n_edges;
-                int z = fresh >> l & 1u;
-                for (int64_t e = 0; e < n_edges; e++) sf[e] = z ? 0.0f : c2v_get(c2v, e, l, f16, ws);
+                if (fresh >> l & 1u) {
+                    memset(sf, 0, (size_t)n_edges * sizeof(float));
+                } else {
+                    save_l[nsave] = l;
+                    save_to[nsave++] = sf;
+                }
             }
             fin |= 1u << l;
         }
+        for (int64_t e = 0; nsave && e < n_edges; e++)     /* every lane to save in one sweep over the messages */
+            for (int j = 0; j < nsave; j++) save_to[j][e] = c2v_get(c2v, e, save_l[j], f16, ws);
         active &= ~fin;
         fresh &= ~fin;
         if (fin && next < F) continue;      /* refill first: the new frames need their own syndrome test */

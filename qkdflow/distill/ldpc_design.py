@@ -50,8 +50,18 @@ What makes it reach near capacity (measured with this code; LP rate at p = 0.012
     more frame failures at n = 1e5).
 Rate 0.95 stays the weakest (f* = 1.10 at dc 124-140): the LP stalls at R ~ 0.948 at p = 0.0053.
 
+Rate-adaptive operating points (``adaptive_efficiency``, ``--adaptive-at``; ``--punctured/--shortened`` design
+for one): DE with a fraction of random variable nodes erased or known gives the efficiency the rate-adaptive code
+reaches at a QBER for n -> infinity. For the rows the blind plan picks (family de, delta 0.1): 0.95 at 0.5 %:
+1.080; 0.915 at 1 %: 1.055; 0.89 at 1.3 %: 1.100; 0.85 at 2 %: 1.062; 0.79 at 3 %: 1.071. The blind protocol
+measures 1.128 / 1.091 / 1.084 / 1.084 / 1.081 at n = 1e6 (untainted rather than random puncturing, hence below
+DE at 1.3 %), so below 1.3 % the finite length costs 0.04-0.05. Rows designed for the operating point itself
+(rate 0.92, 0.5 % punctured and 9.5 % shortened, DE f 1.036 at 1 %; rate 0.954 at 0.5 %, DE f 1.059) measured no
+better at n = 1e5 (blind f 1.108 / 1.143, 64 frames), so they were not added.
+
 Usage:  python -m qkdflow.distill.ldpc_design --rate 0.90 --dc 80 --p 0.0121 --dv-max 60 --tail 0.3 --rounds 12
         python -m qkdflow.distill.ldpc_design --threshold-of de 0.90     (verify a stored distribution)
+        python -m qkdflow.distill.ldpc_design --threshold-of de 0.915 --adaptive-at 0.01
 """
 
 from __future__ import annotations
@@ -80,6 +90,7 @@ __all__ = [
     "lambda2_cap",
     "cap_degree_2",
     "efficiency_at_threshold",
+    "adaptive_efficiency",
 ]
 
 PE_TARGET = 1e-7          # DE "converged" once the variable-to-check error probability is below this
@@ -103,11 +114,19 @@ def efficiency_at_threshold(rate: float, p_star: float) -> float:
 
 
 class DensityEvolution:
-    """Discretised sum-product DE on BSC(p) for ensembles with variable degrees <= ``dv_max``."""
+    """Discretised sum-product DE on BSC(p) for ensembles with variable degrees <= ``dv_max``.
 
-    def __init__(self, p: float, dv_max: int, step: float = DEFAULT_STEP, llr_max: float = DEFAULT_LLR_MAX):
+    ``punctured`` / ``shortened``: fractions of the variable nodes, chosen uniformly at random, whose channel is
+    erased (LLR 0) / known (LLR saturated at +llr_max): the rate-adaptive code of Elkouss et al. (QIC 11, 2011)
+    at a given (p, s). The channel density is then the mixture (1 - pi - sigma) BSC(p) + pi delta_0 + sigma
+    delta_K (Ha, Kim, McLaughlin, IEEE T-IT 50, 2824 (2004) for DE of randomly punctured ensembles)."""
+
+    def __init__(self, p: float, dv_max: int, step: float = DEFAULT_STEP, llr_max: float = DEFAULT_LLR_MAX,
+                 punctured: float = 0.0, shortened: float = 0.0):
         if not (0.0 < p < 0.5):
             raise ValueError(f"p: must be in (0, 0.5), got {p!r}")
+        if not (0.0 <= punctured and 0.0 <= shortened and punctured + shortened < 1.0):
+            raise ValueError(f"punctured/shortened fractions: need >= 0 and sum < 1, got {punctured}, {shortened}")
         self.p = float(p)
         l_ch = math.log((1 - p) / p)
         self.kc = max(1, int(round(l_ch / step)))
@@ -119,12 +138,15 @@ class DensityEvolution:
         prod = np.minimum(np.outer(t, t), 1 - 1e-16)
         self._table = np.minimum(np.rint(2 * np.arctanh(prod) / self.step), K).astype(np.intp).ravel()
         # Variable node: cyclic FFT long enough for dv_max - 1 messages plus the channel (no wrap-around).
-        span = (self.dv_max - 1) * K + self.kc
+        span = (self.dv_max - 1) * K + (K if shortened > 0 else self.kc)
         self.L = sfft.next_fast_len(2 * span + 1, real=True)
         self.span = span
+        bsc = 1.0 - punctured - shortened
         c = np.zeros(self.L)
-        c[self.kc] = 1 - p
-        c[-self.kc] = p
+        c[self.kc] = bsc * (1 - p)
+        c[-self.kc] = bsc * p
+        c[0] += punctured
+        c[K] += shortened
         self._c_hat = sfft.rfft(c)
         # Parseval weights for Pe = sum_s y_s w_s (w = 1 for s < 0, 1/2 at s = 0) computed on rfft spectra.
         w = np.zeros(self.L)
@@ -136,8 +158,10 @@ class DensityEvolution:
             mult[-1] = 1.0
         self._pe_weights = mult * np.conj(sfft.rfft(w)) / self.L
         self.channel = np.zeros(2 * K + 1)
-        self.channel[K + self.kc] = 1 - p
-        self.channel[K - self.kc] = p
+        self.channel[K + self.kc] = bsc * (1 - p)
+        self.channel[K - self.kc] = bsc * p
+        self.channel[K] += punctured
+        self.channel[2 * K] += shortened
 
     # ---------------------------------------------------------------------------------------------- nodes
     @staticmethod
@@ -253,6 +277,33 @@ class DensityEvolution:
         return False, pes, qs
 
 
+def adaptive_efficiency(lam: Distribution, rho: Distribution, q: float, delta: float = 0.1,
+                        step: float = DEFAULT_STEP, tol: float = 2e-4, max_iterations: int = 3000) -> float:
+    """Asymptotic efficiency of the rate-adaptive code at QBER ``q``: the smallest f = (m - p) / ((n - d) h(q))
+    at which DE converges, with p punctured and s = d - p shortened symbols (d = ``delta`` n, uniformly random
+    positions; bisection on p / n to ``tol``). inf if even p = 0 fails; the value at p = d if that converges."""
+    _check_dists(lam, rho)
+    one_minus_r = 1.0 - design_rate(lam, rho)
+    kh = (1.0 - delta) * binary_entropy(q)
+    dv = max(lam)
+
+    def ok(pi: float) -> bool:
+        return DensityEvolution(q, dv, step, punctured=pi, shortened=delta - pi).run(lam, rho, max_iterations)[0]
+
+    lo, hi = 0.0, min(delta, one_minus_r)
+    if not ok(lo):
+        return math.inf
+    if ok(hi):
+        return (one_minus_r - hi) / kh
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return (one_minus_r - lo) / kh
+
+
 def _check_dists(lam: Distribution, rho: Distribution) -> None:
     if abs(sum(lam.values()) - 1) > 1e-6 or abs(sum(rho.values()) - 1) > 1e-6:
         raise ValueError("lambda and rho must each sum to 1")
@@ -261,16 +312,18 @@ def _check_dists(lam: Distribution, rho: Distribution) -> None:
 
 
 def threshold(lam: Distribution, rho: Distribution, lo: float = 1e-3, hi: float = 0.2, tol: float = 2e-3,
-              step: float = DEFAULT_STEP, llr_max: float = DEFAULT_LLR_MAX, max_iterations: int = 3000) -> float:
+              step: float = DEFAULT_STEP, llr_max: float = DEFAULT_LLR_MAX, max_iterations: int = 3000,
+              punctured: float = 0.0, shortened: float = 0.0) -> float:
     """BSC sum-product DE threshold p* (largest p with convergence), bisection to relative ``tol``.
 
-    ``lo`` must converge and ``hi`` fail (checked; the bracket is widened if not).
+    ``lo`` must converge and ``hi`` fail (checked; the bracket is widened if not). ``punctured`` / ``shortened``:
+    fractions of random variable nodes erased / known (``DensityEvolution``).
     """
     _check_dists(lam, rho)
     dv = max(lam)
 
     def ok(p: float) -> bool:
-        return DensityEvolution(p, dv, step, llr_max).run(lam, rho, max_iterations)[0]
+        return DensityEvolution(p, dv, step, llr_max, punctured, shortened).run(lam, rho, max_iterations)[0]
 
     while not ok(lo):
         hi, lo = lo, lo / 2
@@ -289,14 +342,15 @@ def threshold(lam: Distribution, rho: Distribution, lo: float = 1e-3, hi: float 
 
 def optimise_lambda(rho: Distribution, p: float, lam0: Distribution, degrees, step: float = DEFAULT_STEP,
                     tau: float = 0.03, eta: float = 0.2, rounds: int = 40, verbose: bool = False,
-                    max_iterations: int = 1500, deg2_per_check: float | None = DEG2_PER_CHECK) -> Distribution:
+                    max_iterations: int = 1500, deg2_per_check: float | None = DEG2_PER_CHECK,
+                    punctured: float = 0.0, shortened: float = 0.0) -> Distribution:
     """Iterative LP (see module docstring): maximise the rate at crossover ``p`` with rho fixed.
 
     ``lam0`` must converge under DE at ``p``. ``degrees``: candidate variable degrees (ascending).
     """
     degrees = np.array(sorted(set(int(d) for d in degrees) | set(lam0)), dtype=int)
     tau_max = tau
-    de = DensityEvolution(p, int(degrees[-1]), step)
+    de = DensityEvolution(p, int(degrees[-1]), step, punctured=punctured, shortened=shortened)
     lam = {int(k): float(v) for k, v in lam0.items()}
     conv, pes, qs = de.run(lam, rho, max_iterations, record=True)
     if not conv:
@@ -430,18 +484,21 @@ class DesignResult:
 def design(rate: float, dc: int, p: float, lam0: Distribution, dv_max: int = 50, passes: int = 1,
            step: float = DEFAULT_STEP, verbose: bool = False, tau: float = 0.03, eta: float = 0.2,
            tail: float = 0.3, rounds: int = 40, deg2_per_check: float | None = DEG2_PER_CHECK,
-           max_iterations: int = 1500) -> DesignResult:
+           max_iterations: int = 1500, punctured: float = 0.0, shortened: float = 0.0) -> DesignResult:
     """Optimise lambda at crossover ``p`` with rho = check degrees (dc, dc+1) from ``starting_lambda(lam0)``,
     then fix the rate via the check-degree split (``rho_for_rate``), rationalise and compute the DE threshold.
     ``passes`` > 1 re-optimises at 0.995 p* with the new rho. ``p`` should be at or below the target threshold
     and ``dc`` such that the LP's rate at ``p`` slightly exceeds ``rate`` (then the split lowers the check degree
-    and the threshold ends above ``p``)."""
+    and the threshold ends above ``p``). ``punctured`` / ``shortened``: design for the rate-adaptive code's
+    operating point (``DensityEvolution``); f* is then (1 - R - punctured) / ((1 - punctured - shortened) h(p*)),
+    the efficiency of that operating point."""
+    mix = dict(punctured=punctured, shortened=shortened)
     rho = {dc: 0.5, dc + 1: 0.5}
     degrees = range(2, dv_max + 1)
     # A start that does not converge at p: first a heavier tail (lower rate, same p), then a lower p.
     while True:
         lam = starting_lambda(lam0, rho, dv_max, p, tail, deg2_per_check)
-        if DensityEvolution(p, dv_max, step).run(lam, rho)[0]:
+        if DensityEvolution(p, dv_max, step, **mix).run(lam, rho)[0]:
             break
         if tail < 0.75:
             tail += 0.1
@@ -451,7 +508,7 @@ def design(rate: float, dc: int, p: float, lam0: Distribution, dv_max: int = 50,
                 raise ValueError("p: starting lambda does not converge at any p >= 1e-4")
     p_star = p
     for k in range(passes):
-        while not DensityEvolution(p, dv_max, step).run(lam, rho)[0]:
+        while not DensityEvolution(p, dv_max, step, **mix).run(lam, rho)[0]:
             p *= 0.95                       # pass > 0: start below the previous pass's threshold
             if p < 1e-4:
                 raise ValueError("p: starting lambda does not converge at any p >= 1e-4")
@@ -459,18 +516,23 @@ def design(rate: float, dc: int, p: float, lam0: Distribution, dv_max: int = 50,
             print(f"pass {k}: LP at p = {p:.5f}, rho {rho}, start rate {design_rate(lam, rho):.5f} (tail {tail:.2f})",
                   flush=True)
         lam = optimise_lambda(rho, p, lam, degrees, step=step, verbose=verbose, tau=tau, eta=eta, rounds=rounds,
-                              deg2_per_check=deg2_per_check, max_iterations=max_iterations)
+                              deg2_per_check=deg2_per_check, max_iterations=max_iterations, **mix)
         if verbose:
             print(f"pass {k}: LP rate {design_rate(lam, rho):.5f} at p {p:.5f}", flush=True)
         lam = rationalise(lam)
         rho = rho_for_rate(lam, rate)
         lam, rho = cap_degree_2(lam, rho, rate, deg2_per_check)
-        p_star = threshold(lam, rho, lo=p * 0.9, hi=p * 1.2, step=step)
+        p_star = threshold(lam, rho, lo=p * 0.9, hi=p * 1.2, step=step, **mix)
         if verbose:
             print(f"pass {k}: lambda {lam} rho {rho} rate {design_rate(lam, rho):.5f} p* {p_star:.5f} "
-                  f"f* {efficiency_at_threshold(rate, p_star):.4f}", flush=True)
+                  f"f* {_operating_f(rate, p_star, punctured, shortened):.4f}", flush=True)
         p = p_star * 0.995
-    return DesignResult(rate, lam, rho, p_star, efficiency_at_threshold(design_rate(lam, rho), p_star))
+    return DesignResult(rate, lam, rho, p_star, _operating_f(design_rate(lam, rho), p_star, punctured, shortened))
+
+
+def _operating_f(rate: float, p_star: float, punctured: float, shortened: float) -> float:
+    """Efficiency at threshold of the code with those fractions punctured / shortened (key bits: the rest)."""
+    return (1.0 - rate - punctured) / ((1.0 - punctured - shortened) * binary_entropy(p_star))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=float, default=DEFAULT_STEP, help="LLR grid step")
     ap.add_argument("--start", default="elkouss2009", help="starting lambda: family whose nearest-rate lambda starts the LP")
     ap.add_argument("--start-lambda", help='starting lambda as JSON, e.g. \'{"2": 0.07, "3": 0.3, "12": 0.63}\'')
+    ap.add_argument("--punctured", type=float, default=0.0, help="design for this fraction of n punctured")
+    ap.add_argument("--shortened", type=float, default=0.0, help="... and this fraction shortened")
     ap.add_argument("--threshold-of", nargs=2, metavar=("FAMILY", "RATE"), help="DE threshold of a stored code")
+    ap.add_argument("--adaptive-at", type=float, metavar="QBER",
+                    help="with --threshold-of: also the rate-adaptive efficiency at this QBER (adaptive_efficiency)")
+    ap.add_argument("--delta", type=float, default=0.1, help="--adaptive-at: punctured + shortened fraction d / n")
     args = ap.parse_args(argv)
     from qkdflow.distill import ldpc_codes  # noqa: PLC0415 - only for the starting points / verification
 
@@ -503,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         p = threshold(lam, rho, lo=1e-3, hi=0.2, step=args.step)
         print(f"{fam} rate {r}: design rate {design_rate(lam, rho):.5f} p* {p:.5f} "
               f"f* {efficiency_at_threshold(design_rate(lam, rho), p):.4f} (step {args.step})")
+        if args.adaptive_at is not None:
+            f = adaptive_efficiency(lam, rho, args.adaptive_at, args.delta, step=args.step, tol=5e-4)
+            print(f"  rate-adaptive at QBER {args.adaptive_at}: f {f:.4f} (delta {args.delta}, random positions)")
         return 0
     if args.rate is None or args.dc is None or args.p is None:
         ap.error("--rate, --dc and --p are required (or --threshold-of)")
@@ -517,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     res = design(args.rate, args.dc, args.p, lam0, dv_max=args.dv_max, passes=args.passes, step=args.step,
                  verbose=True, tau=args.tau, eta=args.eta, tail=args.tail, rounds=args.rounds,
                  deg2_per_check=args.deg2_per_check if args.deg2_per_check > 0 else None,
-                 max_iterations=args.max_iterations)
+                 max_iterations=args.max_iterations, punctured=args.punctured, shortened=args.shortened)
     print(f"RESULT rate {res.rate}: lambda {res.lam} rho {res.rho} p* {res.p_star:.5f} f* {res.f_star:.4f}")
     return 0
 
