@@ -85,9 +85,21 @@ class ReconcileAau(AauHalf):
             if not (isinstance(idx, list) and idx and all(isinstance(i, int) and 0 <= i < len(frames) for i in idx)
                     and len(set(idx)) == len(idx)):
                 raise ProtocolError("reveal_request: frames must be distinct frame indices of this block")
+            positions = msg.get("positions")
+            want = self.ldpc_reveal == "reliability"
+            if (positions is not None) != want or (
+                    want and not (isinstance(positions, list) and len(positions) == len(idx))):
+                raise ProtocolError("reveal_request: " + ("one list of positions per frame expected" if want else
+                                                          "positions given, but ldpc_reveal is order"))
             out = []
-            for i in idx:
-                r = frames[i].reveal()
+            for j, i in enumerate(idx):
+                if positions is not None:
+                    try:
+                        r = frames[i].reveal_at(ldpc.decode_positions(positions[j]))
+                    except ValueError as e:
+                        raise ProtocolError(f"reveal_request: frame {i}: {e}") from None
+                else:
+                    r = frames[i].reveal()
                 if r is None:
                     raise ProtocolError(f"reveal_request: frame {i} has no value left to reveal")
                 st["leak"] += r.leak_bits

@@ -16,9 +16,12 @@ Stage "ec". The DU corrects its key towards the AAU's (Alice's key is the refere
     that does not converge aborts the block.
     ``ldpc_mode: blind`` (Martinez-Mateo, Elkouss, Martin, QIC 12, 791 (2012); ``ldpc.BlindDecoder``): the syndromes
     start at a high rate (efficiency ``ldpc_blind_start``); after each decoding round the DU sends ``reveal_request``
-    {frames: indices of the frames that failed} and the AAU answers ``reveals`` {frames: one ``RevealMessage`` per
-    requested frame, the values of its next punctured symbols, then of its code's extension syndrome bits}; one
-    message each way per round for the whole block. A failing frame with nothing left to reveal aborts the block.
+    {frames: indices of the frames that failed, positions: per frame the symbols it asks for (``ldpc_reveal:
+    reliability``, the default: the least reliable ones after BP, Kiktenko et al., PR Applied 8, 044017 (2017);
+    ``ldpc.encode_positions``)} and the AAU answers ``reveals`` {frames: one ``RevealMessage`` per requested
+    frame: its values there, or with ``ldpc_reveal: order`` the values of its next punctured symbols, then of its
+    code's extension syndrome bits}; one message each way per round for the whole block. A failing frame with
+    nothing left to reveal aborts the block.
   * Then ``done`` {leak_bits, errors_corrected}; the AAU compares the leak with the parity/syndrome bits it
     disclosed itself and answers ``done_ok`` (or aborts). Only then does the block move on.
 Leak = exactly the bits disclosed: Cascade reply parity bits (``CascadeBob.leak_bits``); LDPC sum of (m - p) per
@@ -56,9 +59,12 @@ METHOD_PARAMS = (
           low=0.001, high=1.0),
     Param("ldpc_blind_max", float, ldpc.DEFAULT_BLIND_MAX,
           doc="blind LDPC: mother code = highest rate reaching this f when all is revealed", low=1.0, high=3.0),
+    Param("ldpc_reveal", str, ldpc.DEFAULT_REVEAL,
+          doc="blind LDPC: values disclosed where the DU is least sure (reliability) or in a fixed order",
+          choices=ldpc.REVEAL_MODES),
 )
 METHOD_FIELDS = ("method", "cascade_variant", "ldpc_code_bits", "ldpc_code_seed", "ldpc_family", "ldpc_efficiency",
-                 "ldpc_mode", "ldpc_blind_start", "ldpc_blind_step", "ldpc_blind_max")
+                 "ldpc_mode", "ldpc_blind_start", "ldpc_blind_step", "ldpc_blind_max", "ldpc_reveal")
 
 
 def ldpc_frames(bits: np.ndarray, frame_bits: int) -> tuple[np.ndarray, list[int]]:
@@ -148,7 +154,8 @@ class ReconcileDu(DuHalf):
                 try:
                     blk.state["blind"] = ldpc.BlindDecoder(self._bob_ldpc, list(frames), sms,
                                                            self.ldpc_round_iterations, pads=pads,
-                                                           round_stall=self.ldpc_round_stall)
+                                                           round_stall=self.ldpc_round_stall,
+                                                           reveal=self.ldpc_reveal)
                 except ValueError as e:
                     raise ProtocolError(f"LDPC syndromes: {e}") from None
                 self._blind_round(blk)
@@ -193,7 +200,11 @@ class ReconcileDu(DuHalf):
                             ldpc_revealed_bits=sum(dec.revealed))
             self._done_ec(blk, corrected, dec.leak_bits)
             return
-        self.send_peer(blk, "reveal_request", frames=[int(i) for i in failing])
+        if dec.reveal == "reliability":
+            self.send_peer(blk, "reveal_request", frames=[int(i) for i in failing],
+                           positions=[ldpc.encode_positions(dec.requests[i]) for i in failing])
+        else:
+            self.send_peer(blk, "reveal_request", frames=[int(i) for i in failing])
 
     def on_abort(self, blk: KeyBlock) -> None:
         blk.state.pop("blind", None)

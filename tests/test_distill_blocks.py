@@ -327,6 +327,51 @@ def test_ldpc_blind_block_corrects_with_reveal_rounds_and_exact_leak():
     assert kd[0]["info"]["errors_corrected"] == int((a != b).sum())
 
 
+def test_ldpc_blind_reliability_requests_name_unknown_symbols_and_order_mode_sends_none():
+    from qkdflow.distill import ldpc
+
+    pair, a, _ = _ldpc_ec("blind")                       # default: ldpc_reveal reliability
+    reqs = [m for side, m in pair.wire if side == "du" and m["type"] == "reveal_request"]
+    answers = [m for side, m in pair.wire if side == "aau" and m["type"] == "reveals"]
+    assert reqs and len(reqs) == len(answers) and all(len(m["positions"]) == len(m["frames"]) for m in reqs)
+    for req, ans in zip(reqs, answers):                  # Alice answered exactly where the DU asked
+        for raw_pos, raw in zip(req["positions"], ans["frames"]):
+            assert np.array_equal(ldpc.RevealMessage.from_bytes(raw).positions, ldpc.decode_positions(raw_pos))
+    kd = pair.keys("du")
+    assert len(kd) == 1 and len(pair.keys("aau")) == 1
+    np.testing.assert_array_equal(unpack_bits(kd[0]["bits"], kd[0]["n_bits"]), a)
+    order, a2, _ = _ldpc_ec("blind", ldpc_reveal="order")
+    assert len(order.keys("du")) == 1
+    reqs = [m for side, m in order.wire if side == "du" and m["type"] == "reveal_request"]
+    assert reqs and not any("positions" in m for m in reqs)
+    np.testing.assert_array_equal(unpack_bits(order.keys("du")[0]["bits"], order.keys("du")[0]["n_bits"]), a2)
+
+
+def test_ldpc_reveal_request_naming_a_symbol_twice_aborts_the_block_at_both_ends():
+    from qkdflow.distill import ldpc
+
+    seen = {}
+
+    def tamper(msg):                                     # the second request repeats the first one's positions
+        if msg.get("type") == "reveal_request":
+            if "first" in seen:
+                msg = dict(msg, positions=[seen["first"]] * len(msg["frames"]))
+            else:
+                seen["first"] = msg["positions"][0]
+        return msg
+
+    kw = dict(method="ldpc", ldpc_code_bits=4096, ldpc_mode="blind")
+    pair, a, b = _ec_pair(n=30_000, q=0.03, seed=7, aau=dict(kw, ldpc_seed=3), du=dict(kw))
+    pair.aau.handle("key", key_msg(1, a, {"num": 1}))
+    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": 0.03}))
+    pair.run(tamper)
+    assert "first" in seen and not pair.keys("aau") and not pair.keys("du")
+    reasons = [m["reason"] for m in pair.aborts("aau")]
+    assert reasons and "reveal_request" in reasons[0] and ("disclosed before" in reasons[0]
+                                                           or "shortened" in reasons[0])
+    assert ldpc.REVEAL_MODES == ("reliability", "order")
+
+
 def test_ldpc_oneshot_block_still_selectable():
     pair, a, _ = _ldpc_ec("oneshot", ldpc_efficiency=1.5)
     kd = pair.keys("du")

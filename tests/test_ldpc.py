@@ -423,6 +423,8 @@ def test_fallback_without_c_extension_decodes(tmp_path):
 from qkdflow.distill.ldpc import (  # noqa: E402
     BlindDecoder,
     RevealMessage,
+    decode_positions,
+    encode_positions,
     plan_blind,
     reconcile_blind,
 )
@@ -463,7 +465,7 @@ def test_blind_converges_where_oneshot_at_the_starting_rate_fails(pool):
     # the same syndromes decoded one-shot (no reveals, full iteration budget, cold): rate too high, all fail
     cold = bob.decode_many(list(b), msgs)
     assert not any(r.converged for r in cold)
-    dec = BlindDecoder(bob, list(b), msgs, round_iterations=30)
+    dec = BlindDecoder(bob, list(b), msgs, round_iterations=30, reveal="order")
     failing = dec.decode()
     assert failing == list(range(6))
     while failing:
@@ -484,7 +486,7 @@ def test_blind_converges_where_oneshot_at_the_starting_rate_fails(pool):
 
 
 def _run_blind(bob, b, msgs, frames, **kw):
-    dec = BlindDecoder(bob, list(b), msgs, **kw)
+    dec = BlindDecoder(bob, list(b), msgs, reveal="order", **kw)
     failing = dec.decode()
     while failing:
         dec.add_reveals([frames[i].reveal() for i in failing])
@@ -506,6 +508,93 @@ def test_blind_round_stall_cuts_iterations_and_still_decodes_every_frame(pool):
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match="round_stall"):
             BlindDecoder(LdpcBob(pool), list(b), msgs, round_stall=bad)
+
+
+def test_blind_reliability_reveals_decode_every_frame_with_less_leak_than_order_reveals(pool):
+    """Bob asks for Alice's values where his BP is least sure; every frame converges to Alice's word, the leak is
+    m - p0 + revealed at both ends, each request names reveal_step unknown symbols, and the same frames leak less
+    than with values disclosed in puncturing order."""
+    leaks = {}
+    for mode in ("order", "reliability"):
+        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 6, seed=31, blind_start=1.0, blind_step=0.02)
+        bob = LdpcBob(pool, max_iterations=200)
+        dec = BlindDecoder(bob, list(b), msgs, reveal=mode)
+        failing = dec.decode()
+        assert failing
+        while failing:
+            got = []
+            for i in failing:
+                if mode == "reliability":
+                    pos = dec.requests[i]
+                    code = bob.codes[msgs[i].code_fingerprint]
+                    short = code.shorten_order[:msgs[i].shortened]
+                    earlier = [r.positions for r in dec.reveals[i]]
+                    assert pos.size == min(msgs[i].reveal_step, dec.limits[i] - dec.revealed[i])
+                    assert np.all(np.diff(pos) > 0) and not np.isin(pos, short).any()
+                    assert not any(np.isin(pos, e).any() for e in earlier)
+                    got.append(frames[i].reveal_at(decode_positions(encode_positions(pos))))
+                else:
+                    got.append(frames[i].reveal())
+            dec.add_reveals([RevealMessage.from_bytes(r.to_bytes()) for r in got])
+            failing = dec.decode()
+        assert dec.done
+        assert all(np.array_equal(r.corrected, a[i]) for i, r in enumerate(dec.results))
+        assert dec.leak_bits == sum(f.leak_bits for f in frames) == sum(
+            m.m - m.punctured + t for m, t in zip(msgs, dec.revealed))
+        leaks[mode] = dec.leak_bits
+    assert leaks["reliability"] < leaks["order"]
+
+
+def test_reveal_at_checks_positions_and_never_discloses_a_symbol_twice(pool):
+    _, a, b, msgs, frames = _blind_batch(pool, 0.03, 2, seed=32)
+    fr, m = frames[0], msgs[0]
+    code = next(c for c in pool if c.fingerprint == m.code_fingerprint)
+    short = np.sort(code.shorten_order[:m.shortened])
+    key_pos = np.setdiff1d(np.arange(code.n), np.concatenate([short, code.puncture_order[:m.punctured]]))
+    for bad, why in (([5, 3], "ascending"), ([-1, 2], "ascending"), ([0, code.n], "ascending"),
+                     ([int(short[0])], "shortened"), (np.arange(fr.limit + 1), "exceed")):
+        with pytest.raises(ValueError, match=why):
+            fr.reveal_at(np.asarray(bad))
+    assert fr.revealed == 0                              # a refused request discloses nothing
+    r = fr.reveal_at(key_pos[:10])
+    assert np.array_equal(r.values, frames[0]._word[key_pos[:10]]) and fr.leak_bits == m.m - m.punctured + 10
+    with pytest.raises(ValueError, match="disclosed before"):
+        fr.reveal_at(key_pos[5:15])
+    with pytest.raises(ValueError, match="reliability mode"):
+        fr.reveal()                                      # a frame never mixes the two modes
+    frames[1].reveal()
+    with pytest.raises(ValueError, match="order mode"):
+        frames[1].reveal_at(key_pos[:3])
+    # Bob refuses values that are not where he asked
+    bob = LdpcBob(pool)
+    dec = BlindDecoder(bob, [b[0]], [m])
+    assert dec.decode() == [0]
+    fr2 = _blind_batch(pool, 0.03, 1, seed=32)[4][0]
+    other = dec.requests[0] + 1 if dec.requests[0][-1] + 1 < code.n else dec.requests[0] - 1
+    with pytest.raises(ValueError, match="positions asked for"):
+        dec.add_reveals([RevealMessage(m.code_fingerprint, m.frame_id, 0, fr2._word[other], other)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(pos=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=300, unique=True), data=st.data())
+def test_positions_and_position_reveal_round_trip(pos, data):
+    p = np.sort(np.array(pos, dtype=np.int64))
+    raw = encode_positions(p)
+    assert len(raw) == 4 * p.size and np.array_equal(decode_positions(raw), p)
+    vals = np.array(data.draw(st.lists(st.integers(0, 1), min_size=p.size, max_size=p.size)), dtype=np.uint8)
+    msg = RevealMessage(b"abcdefgh", 7, 3, vals, p)
+    back = RevealMessage.from_bytes(msg.to_bytes())
+    assert np.array_equal(back.positions, p) and np.array_equal(back.values, vals) and back.count == p.size
+    for bad in (msg.to_bytes()[:-1], msg.to_bytes() + b"\x00"):
+        with pytest.raises(ValueError):
+            RevealMessage.from_bytes(bad)
+    if p.size > 1:
+        with pytest.raises(ValueError, match="ascending"):
+            decode_positions(raw[4:8] + raw[:4] + raw[8:])
+        with pytest.raises(ValueError, match="ascending"):
+            encode_positions(p[::-1])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        decode_positions(raw[:-1])
 
 
 def test_blind_reveal_values_are_alices_punctured_bits(pool):
@@ -564,7 +653,7 @@ def test_blind_extension_rescues_frames_the_punctured_values_cannot(pool):
     b = a ^ (rng.random(a.shape) < 0.028).astype(np.uint8)
     sent = [alice.encode_blind(a[i], 0.02, frame_id=i) for i in range(4)]
     msgs = [SyndromeMessage.from_bytes(m.to_bytes()) for m, _ in sent]
-    dec = BlindDecoder(LdpcBob(pool), list(b), msgs)
+    dec = BlindDecoder(LdpcBob(pool), list(b), msgs, reveal="order")
     failing = dec.decode()
     while failing:
         dec.add_reveals([RevealMessage.from_bytes(sent[i][1].reveal().to_bytes()) for i in failing])
@@ -584,7 +673,7 @@ def test_blind_frame_lost_only_with_the_whole_extension_revealed(pool):
     a = rng.integers(0, 2, (1, alice.frame_bits), dtype=np.uint8)
     b = a ^ (rng.random(a.shape) < 0.2).astype(np.uint8)                  # far beyond any code of the plan
     m0, fr = alice.encode_blind(a[0], 0.01, frame_id=7)
-    dec = BlindDecoder(LdpcBob(pool, max_iterations=20), [b[0]], [m0], round_iterations=5)
+    dec = BlindDecoder(LdpcBob(pool, max_iterations=20), [b[0]], [m0], round_iterations=5, reveal="order")
     rounds = 0
     while dec.decode():
         dec.add_reveals([fr.reveal()])
@@ -816,7 +905,7 @@ def test_min_sum_blind_reconciliation_with_warm_states(pool):
         a, b = _frame(rng, alice.frame_bits, 0.03)
         m, fr = alice.encode_blind(a, 0.03, frame_id=i)
         keys.append(b), msgs.append(m), frames.append(fr), truth.append(a)
-    dec = ldpc.BlindDecoder(bob, keys, msgs, round_iterations=20)
+    dec = ldpc.BlindDecoder(bob, keys, msgs, round_iterations=20, reveal="order")
     failing = dec.decode()
     rounds = 1
     while failing:
@@ -1104,7 +1193,7 @@ def test_blind_padded_last_frame_is_planned_for_its_real_bits(pool):
     # f = blind_start on the real bits, as far as the punctured symbols allow
     assert part[0][0].leak_bits == max(code.m - p_cap, math.ceil(1.0 * (k - pad) * h - 1e-9))
     msgs = [m for m, _ in part]
-    dec = BlindDecoder(LdpcBob(pool), list(b), msgs, pads=[pad] * 3)
+    dec = BlindDecoder(LdpcBob(pool), list(b), msgs, pads=[pad] * 3, reveal="order")
     failing = dec.decode()
     while failing:
         dec.add_reveals([part[i][1].reveal() for i in failing])

@@ -80,7 +80,7 @@ def run_blind(args, alice, bob, a, b, q):
     sent = [alice.encode_blind(a[i], q, frame_id=i) for i in range(a.shape[0])]
     msgs = [SyndromeMessage.from_bytes(m.to_bytes()) for m, _ in sent]
     dec = BlindDecoder(bob, list(b), msgs, args.round_iterations, warm_start=not args.cold,
-                       round_stall=args.round_stall)
+                       round_stall=args.round_stall, reveal=args.reveal)
     dec_s = 0.0
     while True:
         t = time.perf_counter()
@@ -88,7 +88,11 @@ def run_blind(args, alice, bob, a, b, q):
         dec_s += time.perf_counter() - t
         if not failing:           # frames that failed with everything revealed are lost (counted in FER)
             break
-        dec.add_reveals([RevealMessage.from_bytes(sent[i][1].reveal().to_bytes()) for i in failing])
+        if args.reveal == "reliability":
+            rs = [sent[i][1].reveal_at(dec.requests[i]) for i in failing]
+        else:
+            rs = [sent[i][1].reveal() for i in failing]
+        dec.add_reveals([RevealMessage.from_bytes(r.to_bytes()) for r in rs])
     leaks = [m.leak_bits + t for m, t in zip(msgs, dec.revealed)]
     assert leaks == [fr.leak_bits for _, fr in sent]
     ext = sum(t > m.punctured for m, t in zip(msgs, dec.revealed))   # frames that needed extension bits
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=None,
                     help="mother-code rates of the pool (default: all of the family's)")
     ap.add_argument("--decoder", choices=ldpc.ALGORITHMS, default=ldpc.DEFAULT_ALGORITHM)
+    ap.add_argument("--reveal", choices=ldpc.REVEAL_MODES, default=ldpc.DEFAULT_REVEAL,
+                    help="blind: Alice discloses values where Bob is least sure (reliability) or in a fixed order")
     ap.add_argument("--round-stall", type=int, default=ldpc.DEFAULT_ROUND_STALL,
                     help="blind: an attempt with values left to reveal stops after this many stalled iterations")
     ap.add_argument("--stall", type=int, default=0, help="give a frame up after this many stalled iterations (0: off)")
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.construction or 'default construction'}; "
           f"one-shot target f = "
           f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
-          f"{args.round_iterations} iterations per attempt (stall {args.round_stall}), {'cold' if args.cold else 'warm'} restarts")
+          f"{args.round_iterations} iterations per attempt (stall {args.round_stall}), {args.reveal} reveals, {'cold' if args.cold else 'warm'} restarts")
     print(f"{'mode':>7} {'n':>8} {'QBER':>6} {'R0':>5} {'f':>6} {'fmax':>6} {'fails':>9} {'FER95':>7} {'att':>5} "
           f"{'rounds':>6} {'iter':>6} {'dec Mb/s':>9} {'ext':>4}")
     rng = np.random.default_rng(args.seed)
