@@ -597,6 +597,29 @@ def test_positions_and_position_reveal_round_trip(pos, data):
         decode_positions(raw[:-1])
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_reveal_message_decoder_never_fails_other_than_with_value_error(data):
+    """Corrupted or truncated reveal messages (either version) raise ValueError, never anything else."""
+    msg = RevealMessage(b"abcdefgh", 9, 4, np.array([1, 0, 1, 1, 0], np.uint8),
+                        np.array([3, 17, 400, 9000, 2**32 - 1], np.int64))
+    v1 = RevealMessage(b"abcdefgh", 9, 4, msg.values).to_bytes()
+    raw = bytearray(data.draw(st.sampled_from([msg.to_bytes(), v1])))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "add"]))
+        if op == "flip" and raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        elif op == "cut":
+            raw = raw[:data.draw(st.integers(0, len(raw)))]
+        else:
+            raw += bytes(data.draw(st.lists(st.integers(0, 255), max_size=8)))
+    try:
+        back = RevealMessage.from_bytes(bytes(raw))
+    except ValueError:
+        return
+    assert back.count == back.values.size and (back.positions is None or back.positions.size == back.count)
+
+
 def test_blind_reveal_values_are_alices_punctured_bits(pool):
     alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=22)
     code = next(c for c in pool if c.fingerprint == msgs[0].code_fingerprint)

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.construction or 'default construction'}; "
           f"one-shot target f = "
           f"{args.efficiency}; blind start {args.blind_start} step {args.blind_step} max {args.blind_max}, "
-          f"{args.round_iterations} iterations per attempt (stall {args.round_stall}), {args.reveal} reveals, {'cold' if args.cold else 'warm'} restarts")
+          f"{args.round_iterations} iterations per attempt (stall {args.round_stall}), {args.reveal} reveals, "
+          f"{'cold' if args.cold else 'warm'} restarts")
     print(f"{'mode':>7} {'n':>8} {'QBER':>6} {'R0':>5} {'f':>6} {'fmax':>6} {'fails':>9} {'FER95':>7} {'att':>5} "
           f"{'rounds':>6} {'iter':>6} {'dec Mb/s':>9} {'ext':>4}")
     rng = np.random.default_rng(args.seed)

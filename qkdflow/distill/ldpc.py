@@ -132,7 +132,9 @@ DEFAULT_DELTA = 0.1
 DEFAULT_EFFICIENCY = 1.10
 DEFAULT_MAX_ITERATIONS = 200
 # Blind mode defaults (tuned with tools/bench_ldpc.py --mode blind at n = 1e5): first attempt at f = 1.0, a step
-# of 0.02 in f per round, the mother code the highest-rate one able to reach f = 1.15 with every modulated symbol
+# of 0.01 in f per round (reliability reveals, 32 frames at QBER 0.5 / 1 / 2 %: f 1.090 / 1.074 / 1.067 against
+# 1.097 / 1.082 / 1.072 with 0.015 and 1.102 / 1.088 / 1.078 with 0.02, for ~1.5x the decoding), the mother code
+# the highest-rate one able to reach f = 1.15 with every modulated symbol
 # shortened (1.22 / 1.3 chose more heavily punctured lower-rate codes: f 0.01-0.03 worse at 2-5 % QBER); 30
 # layered iterations per attempt while more values can be revealed (60: f ~0.01 lower, half the throughput), the
 # last attempt gets max_iterations.
