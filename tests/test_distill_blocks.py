@@ -384,3 +384,9 @@ def test_ldpc_mode_mismatch_fails_naming_both_values():
     with pytest.raises(BlockError, match=r"ldpc_mode is 'oneshot' at the DU but 'blind' at the AAU"):
         Pair(ReconcileAau("ea", method="ldpc", ldpc_code_bits=256),
              ReconcileDu("ed", method="ldpc", ldpc_code_bits=256, ldpc_mode="oneshot"))
+
+
+def test_ldpc_reveal_mismatch_fails_naming_both_values():
+    with pytest.raises(BlockError, match=r"ldpc_reveal is 'order' at the DU but 'reliability' at the AAU"):
+        Pair(ReconcileAau("ea", method="ldpc", ldpc_code_bits=256),
+             ReconcileDu("ed", method="ldpc", ldpc_code_bits=256, ldpc_reveal="order"))
