@@ -41,7 +41,7 @@ class ReconcileAau(AauHalf):
             codes = ldpc.load_or_build_codes(self.ldpc_code_bits, self.ldpc_code_seed, family=self.ldpc_family)
             self._alice_ldpc = ldpc.LdpcAlice(codes, seed=self.ldpc_seed, efficiency=self.ldpc_efficiency,
                                               blind_start=self.ldpc_blind_start, blind_step=self.ldpc_blind_step,
-                                              blind_max=self.ldpc_blind_max)
+                                              blind_max=self.ldpc_blind_max, blind_reveal=self.ldpc_reveal)
 
     def on_peer(self, blk: KeyBlock, type_: str, msg: dict) -> None:
         st = blk.state

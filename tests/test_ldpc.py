@@ -458,9 +458,32 @@ def test_plan_blind_picks_highest_rate_code_reaching_max_and_starts_at_start_eff
     assert step == math.ceil(0.02 * k * h)
 
 
+def test_plan_blind_for_reliability_reveals_punctures_nothing_and_starts_just_below_capacity(pool):
+    d = round(0.1 * N)
+    k = N - d
+    for q in (0.02, 0.05, 0.08):
+        kh = k * binary_entropy(q)
+        code, p0, s0, step = plan_blind(pool, q, start=1.0, step=0.01, reveal="reliability")
+        assert (p0, s0) == (0, d) and step == math.ceil(0.01 * kh)
+        below = [c for c in pool if c.m <= kh]
+        if below and max(c.m for c in below) >= ldpc.RELIABILITY_FLOOR * kh:
+            assert code.m == max(c.m for c in below)             # the lowest rate whose first attempt is <= 1
+    # no code reaches below capacity at a tiny QBER: the highest-rate one, its first attempt above 1
+    code, p0, _, _ = plan_blind(pool, 0.002, reveal="reliability")
+    assert p0 == 0 and code.m == min(c.m for c in pool) and code.m > k * binary_entropy(0.002)
+    with pytest.raises(ValueError, match="reveal"):
+        plan_blind(pool, 0.02, reveal="sideways")
+    # Bob refuses frames with secret punctured values in reliability mode (his requests could unmask them)
+    _, _, b, msgs, _ = _blind_batch(pool, 0.05, 2, seed=3, blind_reveal="order")
+    assert any(m.punctured for m in msgs)
+    with pytest.raises(ValueError, match="punctured"):
+        BlindDecoder(LdpcBob(pool), list(b), msgs, reveal="reliability")
+
+
 def test_blind_converges_where_oneshot_at_the_starting_rate_fails(pool):
     q = 0.05
-    alice, a, b, msgs, frames = _blind_batch(pool, q, 6, seed=21, blind_start=1.0, blind_step=0.03)
+    alice, a, b, msgs, frames = _blind_batch(pool, q, 6, seed=21, blind_start=1.0, blind_step=0.03,
+                                             blind_reveal="order")
     bob = LdpcBob(pool, max_iterations=200)
     # the same syndromes decoded one-shot (no reveals, full iteration budget, cold): rate too high, all fail
     cold = bob.decode_many(list(b), msgs)
@@ -499,7 +522,8 @@ def test_blind_round_stall_cuts_iterations_and_still_decodes_every_frame(pool):
     so every frame still converges to Alice's word, with fewer BP iterations than without the rule."""
     runs = []
     for rs in (0, 3):
-        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 6, seed=23, blind_start=1.0, blind_step=0.02)
+        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 6, seed=23, blind_start=1.0, blind_step=0.02,
+                                             blind_reveal="order")
         dec = _run_blind(LdpcBob(pool, max_iterations=200), b, msgs, frames, round_iterations=60, round_stall=rs)
         assert not dec.failed
         assert all(r.converged and np.array_equal(r.corrected, a[i]) for i, r in enumerate(dec.results))
@@ -516,7 +540,8 @@ def test_blind_reliability_reveals_decode_every_frame_with_less_leak_than_order_
     than with values disclosed in puncturing order."""
     leaks = {}
     for mode in ("order", "reliability"):
-        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 6, seed=31, blind_start=1.0, blind_step=0.02)
+        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 6, seed=31, blind_start=1.0, blind_step=0.02,
+                                             blind_reveal=mode)
         bob = LdpcBob(pool, max_iterations=200)
         dec = BlindDecoder(bob, list(b), msgs, reveal=mode)
         failing = dec.decode()
@@ -621,7 +646,7 @@ def test_reveal_message_decoder_never_fails_other_than_with_value_error(data):
 
 
 def test_blind_reveal_values_are_alices_punctured_bits(pool):
-    alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=22)
+    alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=22, blind_reveal="order")
     code = next(c for c in pool if c.fingerprint == msgs[0].code_fingerprint)
     p0 = msgs[0].punctured
     r1, r2 = frames[0].reveal(), frames[0].reveal()
@@ -636,7 +661,7 @@ def test_blind_reveal_values_are_alices_punctured_bits(pool):
         pass
     assert frames[0].exhausted and frames[0].leak_bits == code.m + e
     rest = []
-    fr2 = LdpcAlice(pool, seed=22).encode_blind(a[0], 0.03, frame_id=100)[1]   # same secret values
+    fr2 = LdpcAlice(pool, seed=22, blind_reveal="order").encode_blind(a[0], 0.03, frame_id=100)[1]   # same secret values
     while (r := fr2.reveal()) is not None:
         rest.append(r)
     assert all(r.revealed_before + r.count <= p0 or r.revealed_before >= p0 for r in rest)   # never mixed
@@ -650,7 +675,7 @@ def test_blind_reveal_values_are_alices_punctured_bits(pool):
 def test_extension_syndrome_is_alices_word_under_the_extended_code(pool):
     """The extension bits Alice reveals are H_E x+ of her word: Bob holding her key decodes the extended code
     at iteration 0, and a single flipped extension bit makes that word fail."""
-    alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=31)
+    alice, a, b, msgs, frames = _blind_batch(pool, 0.03, 1, seed=31, blind_reveal="order")
     code = next(c for c in pool if c.fingerprint == msgs[0].code_fingerprint)
     got = []
     while (r := frames[0].reveal()) is not None and len(got) < 200:
@@ -671,7 +696,7 @@ def test_blind_extension_rescues_frames_the_punctured_values_cannot(pool):
     """QBER estimate 2 % on a 2.8 % channel: for some frames every punctured value revealed is not enough; the
     extension syndrome bits are, and the leak counts each of them exactly at both ends."""
     rng = np.random.default_rng(41)
-    alice = LdpcAlice(pool, seed=41)
+    alice = LdpcAlice(pool, seed=41, blind_reveal="order")
     a = rng.integers(0, 2, (4, alice.frame_bits), dtype=np.uint8)
     b = a ^ (rng.random(a.shape) < 0.028).astype(np.uint8)
     sent = [alice.encode_blind(a[i], 0.02, frame_id=i) for i in range(4)]
@@ -692,7 +717,7 @@ def test_blind_extension_rescues_frames_the_punctured_values_cannot(pool):
 
 def test_blind_frame_lost_only_with_the_whole_extension_revealed(pool):
     rng = np.random.default_rng(42)
-    alice = LdpcAlice(pool, seed=42)
+    alice = LdpcAlice(pool, seed=42, blind_reveal="order")
     a = rng.integers(0, 2, (1, alice.frame_bits), dtype=np.uint8)
     b = a ^ (rng.random(a.shape) < 0.2).astype(np.uint8)                  # far beyond any code of the plan
     m0, fr = alice.encode_blind(a[0], 0.01, frame_id=7)
@@ -719,7 +744,7 @@ def test_extension_rows_partition_the_variables(pool):
 
 
 def test_blind_reveal_validation(pool):
-    _, a, b, msgs, frames = _blind_batch(pool, 0.03, 2, seed=23)
+    _, a, b, msgs, frames = _blind_batch(pool, 0.03, 2, seed=23, blind_reveal="order")
     bob = LdpcBob(pool)
     r0 = frames[0].reveal()
     r0b = frames[0].reveal()
@@ -727,7 +752,7 @@ def test_blind_reveal_validation(pool):
         bob.decode(b[0], msgs[0], [r0b])                         # skips the first chunk
     with pytest.raises(ValueError, match="expected frame"):
         bob.decode(b[1], msgs[1], [r0])                          # another frame's values
-    dec = BlindDecoder(bob, list(b), msgs)
+    dec = BlindDecoder(bob, list(b), msgs, reveal="order")
     dec.decode()
     with pytest.raises(ValueError, match="do not follow"):
         dec.add_reveals([r0b])
@@ -921,7 +946,7 @@ def test_min_sum_self_correction_is_what_makes_it_converge_here():
 @needs_ms
 def test_min_sum_blind_reconciliation_with_warm_states(pool):
     rng = np.random.default_rng(34)
-    alice = LdpcAlice(pool, seed=6, blind_max=1.4)        # min-sum needs more room in f than sum-product
+    alice = LdpcAlice(pool, seed=6, blind_max=1.4, blind_reveal="order")        # min-sum needs more room in f than sum-product
     bob = LdpcBob(pool, algorithm="min-sum")
     keys, msgs, frames, truth = [], [], [], []
     for i in range(4):
@@ -1198,7 +1223,7 @@ def test_blind_padded_last_frame_is_planned_for_its_real_bits(pool):
     choice too: a smaller first syndrome leak), Bob decodes the padding as known zeros, and the leak per
     real bit stays that of a full frame."""
     rng = np.random.default_rng(51)
-    alice = LdpcAlice(pool, seed=51)
+    alice = LdpcAlice(pool, seed=51, blind_reveal="order")
     k = alice.frame_bits
     pad = int(0.15 * k)
     q = 0.03
@@ -1231,4 +1256,4 @@ def test_blind_padded_last_frame_is_planned_for_its_real_bits(pool):
     with pytest.raises(ValueError, match="padding"):
         LdpcBob(pool).decode_many([np.ones(k, dtype=np.uint8)], [msgs[0]], pads=[pad])
     with pytest.raises(ValueError, match="pads"):
-        BlindDecoder(LdpcBob(pool), list(b), msgs, pads=[pad])
+        BlindDecoder(LdpcBob(pool), list(b), msgs, pads=[pad], reveal="order")

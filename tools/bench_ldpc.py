@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# n={n}: code pool ready in {time.perf_counter() - t0:.1f} s (cache or build)", flush=True)
         alice = LdpcAlice(codes, seed=args.seed + 1, efficiency=args.efficiency, delta=args.delta,
                           blind_start=args.blind_start, blind_step=args.blind_step, blind_max=args.blind_max,
-                          blind_margin_sigmas=args.blind_margin)
+                          blind_margin_sigmas=args.blind_margin, blind_reveal=args.reveal)
         bob = LdpcBob(codes, max_iterations=args.max_iterations, use_numba=False if args.numpy else None,
                       algorithm=args.decoder, stall=args.stall)
         for q in args.qber:

@@ -170,6 +170,11 @@ DEFAULT_ROUND_STALL = 5
 # --reveal ...): see README; reliability lowers f by 0.015-0.04 at QBER 0.5-5 % and needs fewer rounds.
 REVEAL_MODES = ("reliability", "order")
 DEFAULT_REVEAL = "reliability"
+# Reliability mode's code choice (plan_blind): a first attempt at a fully shortened efficiency in [0.9, 1] ends at
+# f 1.06-1.07 (n = 1e5, 32 frames, QBER 1 %: rate 0.93, 0.963 -> 1.057; QBER 0.7 %: rate 0.95, 0.923 -> 1.073);
+# from 0.83 it needs 40-50 rounds and ends at 1.12-1.13 (QBER 0.8 % rate 0.95, 1.2 % rate 0.93).
+RELIABILITY_FLOOR = 0.9
+RELIABILITY_CEILING = 1.1
 ALGORITHMS = ("sum-product", "min-sum")
 DEFAULT_ALGORITHM = "sum-product"
 # Min-sum parameters (tuned with /tmp sweeps at n = 1e5, rate 0.70, QBER 4.5 %: alpha 0.8, beta 0.25 decoded
@@ -409,8 +414,15 @@ def plan_frame(codes: Sequence[LdpcCode], qber_estimate: float, efficiency: floa
 def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = DEFAULT_BLIND_START,
                step: float = DEFAULT_BLIND_STEP, max_efficiency: float = DEFAULT_BLIND_MAX,
                delta: float = DEFAULT_DELTA, margin_sigmas: float | None = None, pad_bits: int = 0,
-               ) -> tuple[LdpcCode, int, int, int]:
+               reveal: str = "order") -> tuple[LdpcCode, int, int, int]:
     """Choose (mother code, p0, s0, reveal step) for blind reconciliation from a QBER estimate.
+
+    ``reveal="reliability"``: no punctured symbols (p0 = 0, s0 = d): Bob's requests are then a function of the
+    error pattern and public data only (see ``BlindDecoder``). The code is the lowest-rate one whose fully
+    shortened efficiency m / (k h) is at most ``start`` if that is at least ``RELIABILITY_FLOOR`` (its first
+    attempt just below capacity; reveals take it up), else the highest-rate one above ``start`` if within
+    ``RELIABILITY_CEILING`` (decodes at about that efficiency), else the nearest below. ``max_efficiency`` and
+    the margin are not used (a frame can always be told more values).
 
     k = n - d key bits, h = h(q). Code: the highest-rate one whose fully shortened efficiency m / (k h)
     reaches ``max_efficiency`` for a frame ``margin_sigmas`` standard deviations of its error count above
@@ -446,6 +458,22 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
         q_hi = min(qber_estimate + margin_sigmas * math.sqrt(qber_estimate * (1 - qber_estimate) / k), 0.5)
         return c.m >= max_efficiency * k * binary_entropy(q_hi)
 
+    if reveal == "reliability":
+        d = int(round(delta * ordered[0].n))
+        kh_all = (ordered[0].n - d - pad_bits) * h
+        below = [c for c in ordered if c.m <= start * kh_all]
+        above = [c for c in ordered if c.m > start * kh_all]
+        if below and below[-1].m >= RELIABILITY_FLOOR * kh_all:
+            code = below[-1]
+        elif above and above[0].m <= RELIABILITY_CEILING * kh_all:
+            code = above[0]
+        else:
+            code = below[-1] if below else above[0]
+        if d > code.shorten_order.size:
+            raise ValueError(f"delta: {delta} needs more shortened symbols than the code allows")
+        return code, 0, d, max(1, int(math.ceil(step * kh_all)))
+    elif reveal != "order":
+        raise ValueError(f"reveal: must be one of {', '.join(REVEAL_MODES)}, got {reveal!r}")
     code = next((c for c in ordered if reaches(c)), ordered[-1])
     d = int(round(delta * code.n))
     kh = (code.n - d - pad_bits) * h
@@ -522,8 +550,12 @@ class LdpcAlice:
     def __init__(self, code: LdpcCode | Sequence[LdpcCode], seed: int | None,
                  efficiency: float = DEFAULT_EFFICIENCY, delta: float = DEFAULT_DELTA,
                  blind_start: float = DEFAULT_BLIND_START, blind_step: float = DEFAULT_BLIND_STEP,
-                 blind_max: float = DEFAULT_BLIND_MAX, blind_margin_sigmas: float | None = None) -> None:
+                 blind_max: float = DEFAULT_BLIND_MAX, blind_margin_sigmas: float | None = None,
+                 blind_reveal: str = DEFAULT_REVEAL) -> None:
         self.codes = _code_pool(code)
+        if blind_reveal not in REVEAL_MODES:
+            raise ValueError(f"blind_reveal: must be one of {', '.join(REVEAL_MODES)}, got {blind_reveal!r}")
+        self.blind_reveal = blind_reveal
         self.blind_start, self.blind_step, self.blind_max = float(blind_start), float(blind_step), float(blind_max)
         self.blind_margin_sigmas = None if blind_margin_sigmas is None else float(blind_margin_sigmas)
         self._rng = np.random.default_rng(seed)   # punctured values: must be secret (seed=None in use)
@@ -573,7 +605,8 @@ class LdpcAlice:
         if pad_bits and bits[bits.size - pad_bits:].any():
             raise ValueError("key: the padding bits must be zeros")
         code, p, s, step = plan_blind(self.codes, qber_estimate, self.blind_start, self.blind_step,
-                                      self.blind_max, self.delta, self.blind_margin_sigmas, pad_bits)
+                                      self.blind_max, self.delta, self.blind_margin_sigmas, pad_bits,
+                                      reveal=self.blind_reveal)
         if frame_id is None:
             frame_id = self._frame_id
         if not (isinstance(frame_id, (int, np.integer)) and 0 <= frame_id < 2**64):
@@ -859,10 +892,13 @@ class BlindDecoder:
     ``reveal_step`` symbols with the smallest a-posteriori |LLR| (llr + sum of the saved check messages) among
     those he does not know (key and still-punctured symbols): ``requests[i]`` after ``decode()``, answered by
     ``BlindAliceFrame.reveal_at``. The symbols BP is least sure of carry the most information per disclosed bit
-    (Kiktenko et al. 2017). The choice depends on Bob's data only through |LLR|, which by the symmetry of BP is a
-    function of the error pattern and Alice's random punctured values, not of her key (as Cascade's mismatch
-    reports); each disclosed value is charged one bit, as in order mode. Without saved messages (no C extension,
-    ``warm_start=False``) the channel |LLR| ranks the symbols: punctured ones first. ``reveal="order"``: the next
+    (Kiktenko et al. 2017). Frames in this mode have no punctured symbols (``plan_blind``; checked here): by the
+    sign symmetry of BP the |LLR| are then a function of the error pattern e and public data (H e = Alice's
+    syndrome + Bob's, shortened and disclosed values), so Bob's choice tells nothing about Alice's key beyond
+    what e does, the same kind of information as Cascade's mismatch reports. (With secret punctured values x_P the
+    |LLR| would depend on H e + H_P x_P, and the choice could unmask the syndrome bits x_P is charged to hide.)
+    Each disclosed value is charged one bit. Without saved messages (no C extension, ``warm_start=False``) the
+    channel |LLR| ranks the symbols. ``reveal="order"``: the next
     punctured values, then extension syndrome bits (Martinez-Mateo et al. 2012). ``leak_bits`` = sum over frames of
     m - p0 + revealed; ``iterations`` and ``attempts`` count every decoding attempt (for throughput figures).
     """
@@ -882,6 +918,9 @@ class BlindDecoder:
         self.round_stall = round_stall
         if reveal not in REVEAL_MODES:
             raise ValueError(f"reveal: must be one of {', '.join(REVEAL_MODES)}, got {reveal!r}")
+        if reveal == "reliability" and any(m.punctured for m in msgs):
+            raise ValueError("msgs: reliability reveals need frames without punctured symbols (plan_blind with "
+                             "reveal='reliability'); these were planned for order reveals")
         self.reveal = reveal
         self.requests: dict[int, np.ndarray] = {}     # reliability mode: frame -> positions asked for
         self._llr: dict[int, tuple[np.ndarray, int]] = {}   # frame -> (its LLRs, reveals applied to them)
@@ -1323,7 +1362,7 @@ def reconcile_blind(alice_key: np.ndarray, bob_key: np.ndarray, qber_estimate: f
         raise ValueError(f"bob_key: length {b.size} differs from alice_key length {a.size}")
     codes = load_or_build_codes(n, seed, family=DEFAULT_CODE_FAMILY) if codes is None else list(codes)
     alice = LdpcAlice(codes, seed=seed, delta=delta, blind_start=blind_start, blind_step=blind_step,
-                      blind_max=blind_max)
+                      blind_max=blind_max, blind_reveal=reveal)
     bob = LdpcBob(codes, seed=seed, max_iterations=max_iterations)
     fb = alice.frame_bits
     n_frames = a.size // fb
