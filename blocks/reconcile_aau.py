@@ -93,13 +93,13 @@ class ReconcileAau(AauHalf):
                                                           "positions given, but ldpc_reveal is order"))
             out = []
             for j, i in enumerate(idx):
-                if positions is not None:
-                    try:
+                try:
+                    if positions is not None and positions[j] is not None:
                         r = frames[i].reveal_at(ldpc.decode_positions(positions[j]))
-                    except ValueError as e:
-                        raise ProtocolError(f"reveal_request: frame {i}: {e}") from None
-                else:
-                    r = frames[i].reveal()
+                    else:
+                        r = frames[i].reveal()
+                except ValueError as e:
+                    raise ProtocolError(f"reveal_request: frame {i}: {e}") from None
                 if r is None:
                     raise ProtocolError(f"reveal_request: frame {i} has no value left to reveal")
                 st["leak"] += r.leak_bits

@@ -202,7 +202,8 @@ class ReconcileDu(DuHalf):
             return
         if dec.reveal == "reliability":
             self.send_peer(blk, "reveal_request", frames=[int(i) for i in failing],
-                           positions=[ldpc.encode_positions(dec.requests[i]) for i in failing])
+                           positions=[None if dec.requests[i] is None else ldpc.encode_positions(dec.requests[i])
+                                      for i in failing])
         else:
             self.send_peer(blk, "reveal_request", frames=[int(i) for i in failing])
 

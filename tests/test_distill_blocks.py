@@ -330,13 +330,15 @@ def test_ldpc_blind_block_corrects_with_reveal_rounds_and_exact_leak():
 def test_ldpc_blind_reliability_requests_name_unknown_symbols_and_order_mode_sends_none():
     from qkdflow.distill import ldpc
 
-    pair, a, _ = _ldpc_ec("blind")                       # default: ldpc_reveal reliability
+    pair, a, _ = _ldpc_ec("blind", q=0.05)               # default: ldpc_reveal reliability (m >= 1000 at 5 %)
     reqs = [m for side, m in pair.wire if side == "du" and m["type"] == "reveal_request"]
     answers = [m for side, m in pair.wire if side == "aau" and m["type"] == "reveals"]
     assert reqs and len(reqs) == len(answers) and all(len(m["positions"]) == len(m["frames"]) for m in reqs)
+    assert sum(p is not None for m in reqs for p in m["positions"]) > 0   # None: a frame revealed in order
     for req, ans in zip(reqs, answers):                  # Alice answered exactly where the DU asked
         for raw_pos, raw in zip(req["positions"], ans["frames"]):
-            assert np.array_equal(ldpc.RevealMessage.from_bytes(raw).positions, ldpc.decode_positions(raw_pos))
+            got = ldpc.RevealMessage.from_bytes(raw).positions
+            assert got is None if raw_pos is None else np.array_equal(got, ldpc.decode_positions(raw_pos))
     kd = pair.keys("du")
     assert len(kd) == 1 and len(pair.keys("aau")) == 1
     np.testing.assert_array_equal(unpack_bits(kd[0]["bits"], kd[0]["n_bits"]), a)
@@ -354,16 +356,17 @@ def test_ldpc_reveal_request_naming_a_symbol_twice_aborts_the_block_at_both_ends
 
     def tamper(msg):                                     # the second request repeats the first one's positions
         if msg.get("type") == "reveal_request":
-            if "first" in seen:
-                msg = dict(msg, positions=[seen["first"]] * len(msg["frames"]))
-            else:
-                seen["first"] = msg["positions"][0]
+            named = [p for p in msg["positions"] if p is not None]
+            if "first" in seen and named:
+                msg = dict(msg, positions=[seen["first"] if p is not None else None for p in msg["positions"]])
+            elif named:
+                seen["first"] = named[0]
         return msg
 
     kw = dict(method="ldpc", ldpc_code_bits=4096, ldpc_mode="blind")
-    pair, a, b = _ec_pair(n=30_000, q=0.03, seed=7, aau=dict(kw, ldpc_seed=3), du=dict(kw))
+    pair, a, b = _ec_pair(n=30_000, q=0.05, seed=7, aau=dict(kw, ldpc_seed=3), du=dict(kw))
     pair.aau.handle("key", key_msg(1, a, {"num": 1}))
-    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": 0.03}))
+    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": 0.05}))
     pair.run(tamper)
     assert "first" in seen and not pair.keys("aau") and not pair.keys("du")
     reasons = [m["reason"] for m in pair.aborts("aau")]

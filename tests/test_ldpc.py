@@ -461,23 +461,31 @@ def test_plan_blind_picks_highest_rate_code_reaching_max_and_starts_at_start_eff
 def test_plan_blind_for_reliability_reveals_punctures_nothing_and_starts_just_below_capacity(pool):
     d = round(0.1 * N)
     k = N - d
-    for q in (0.02, 0.05, 0.08):
+    for q in (0.05, 0.08, 0.1):
         kh = k * binary_entropy(q)
         code, p0, s0, step = plan_blind(pool, q, start=1.0, step=0.01, reveal="reliability")
+        assert code.m >= ldpc.RELIABILITY_MIN_CHECKS
         assert (p0, s0) == (0, d) and step == math.ceil(0.01 * kh)
         below = [c for c in pool if c.m <= kh]
         if below and max(c.m for c in below) >= ldpc.RELIABILITY_FLOOR * kh:
             assert code.m == max(c.m for c in below)             # the lowest rate whose first attempt is <= 1
-    # no code reaches below capacity at a tiny QBER: the highest-rate one, its first attempt above 1
-    code, p0, _, _ = plan_blind(pool, 0.002, reveal="reliability")
-    assert p0 == 0 and code.m == min(c.m for c in pool) and code.m > k * binary_entropy(0.002)
+    # a short code with few checks (here rate 0.9 at QBER 0.8 %, m = 819): the order-mode plan, punctured
+    code, p0, s0, _ = plan_blind(pool, 0.008, reveal="reliability")
+    assert code.m < ldpc.RELIABILITY_MIN_CHECKS and p0 > 0 and p0 + s0 == d
+    assert (code, p0, s0) == plan_blind(pool, 0.008, reveal="order")[:3]
     with pytest.raises(ValueError, match="reveal"):
         plan_blind(pool, 0.02, reveal="sideways")
-    # Bob refuses frames with secret punctured values in reliability mode (his requests could unmask them)
-    _, _, b, msgs, _ = _blind_batch(pool, 0.05, 2, seed=3, blind_reveal="order")
-    assert any(m.punctured for m in msgs)
-    with pytest.raises(ValueError, match="punctured"):
-        BlindDecoder(LdpcBob(pool), list(b), msgs, reveal="reliability")
+    # frames with secret punctured values are never asked for positions (the request could unmask them)
+    _, a, b, msgs, frames = _blind_batch(pool, 0.05, 2, seed=3, blind_reveal="order")
+    assert all(m.punctured for m in msgs)
+    dec = BlindDecoder(LdpcBob(pool), list(b), msgs, reveal="reliability")
+    assert dec.modes == ["order", "order"]
+    failing = dec.decode()
+    assert failing and all(dec.requests[i] is None for i in failing)
+    while failing:
+        dec.add_reveals([frames[i].reveal() for i in failing])
+        failing = dec.decode()
+    assert dec.done and all(np.array_equal(r.corrected, a[i]) for i, r in enumerate(dec.results))
 
 
 def test_blind_converges_where_oneshot_at_the_starting_rate_fails(pool):
@@ -587,9 +595,10 @@ def test_reveal_at_checks_positions_and_never_discloses_a_symbol_twice(pool):
         fr.reveal_at(key_pos[5:15])
     with pytest.raises(ValueError, match="reliability mode"):
         fr.reveal()                                      # a frame never mixes the two modes
-    frames[1].reveal()
+    ordered = _blind_batch(pool, 0.03, 1, seed=33, blind_reveal="order")[4][0]
+    ordered.reveal()
     with pytest.raises(ValueError, match="order mode"):
-        frames[1].reveal_at(key_pos[:3])
+        ordered.reveal_at(key_pos[:3])
     # Bob refuses values that are not where he asked
     bob = LdpcBob(pool)
     dec = BlindDecoder(bob, [b[0]], [m])

@@ -175,6 +175,18 @@ DEFAULT_REVEAL = "reliability"
 # from 0.83 it needs 40-50 rounds and ends at 1.12-1.13 (QBER 0.8 % rate 0.95, 1.2 % rate 0.93).
 RELIABILITY_FLOOR = 0.9
 RELIABILITY_CEILING = 1.1
+# Fewer checks than this and reliability reveals fail on the dense high-rate graphs (n = 1e4, QBER 0.5 %: rate 0.962,
+# m = 380, check degree 220: frames with 52-60 errors did not converge with 380 values disclosed); such a frame is
+# planned for order reveals instead (puncturing, the 3-sigma margin below BLIND_LONG_N).
+RELIABILITY_MIN_CHECKS = 1000
+
+
+def reveal_limit(code: "LdpcCode", p0: int, reveal: str) -> int:
+    """Values a blind frame may have disclosed before it counts as lost (both ends compute the same). Order mode:
+    its p0 punctured values, then the code's extension syndrome bits. Reliability mode: p0 + m values, i.e. up to
+    twice the first attempt's leak (with 0.5 m, as in order mode, 11 of 64 frames of 10^4 bits at QBER 0.5 % ran
+    out: the spread of a short frame's error count is wide)."""
+    return p0 + (code.m if reveal == "reliability" else extension_rows(code))
 ALGORITHMS = ("sum-product", "min-sum")
 DEFAULT_ALGORITHM = "sum-product"
 # Min-sum parameters (tuned with /tmp sweeps at n = 1e5, rate 0.70, QBER 4.5 %: alpha 0.8, beta 0.25 decoded
@@ -422,7 +434,9 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
     shortened efficiency m / (k h) is at most ``start`` if that is at least ``RELIABILITY_FLOOR`` (its first
     attempt just below capacity; reveals take it up), else the highest-rate one above ``start`` if within
     ``RELIABILITY_CEILING`` (decodes at about that efficiency), else the nearest below. ``max_efficiency`` and
-    the margin are not used (a frame can always be told more values).
+    the margin are not used (a frame can always be told more values). A code with fewer than
+    ``RELIABILITY_MIN_CHECKS`` checks is not used that way: the frame gets the order-mode plan (p0 > 0, so it is
+    revealed in order; ``BlindDecoder`` handles both kinds of frame in one batch).
 
     k = n - d key bits, h = h(q). Code: the highest-rate one whose fully shortened efficiency m / (k h)
     reaches ``max_efficiency`` for a frame ``margin_sigmas`` standard deviations of its error count above
@@ -469,9 +483,10 @@ def plan_blind(codes: Sequence[LdpcCode], qber_estimate: float, start: float = D
             code = above[0]
         else:
             code = below[-1] if below else above[0]
-        if d > code.shorten_order.size:
-            raise ValueError(f"delta: {delta} needs more shortened symbols than the code allows")
-        return code, 0, d, max(1, int(math.ceil(step * kh_all)))
+        if code.m >= RELIABILITY_MIN_CHECKS:
+            if d > code.shorten_order.size:
+                raise ValueError(f"delta: {delta} needs more shortened symbols than the code allows")
+            return code, 0, d, max(1, int(math.ceil(step * kh_all)))
     elif reveal != "order":
         raise ValueError(f"reveal: must be one of {', '.join(REVEAL_MODES)}, got {reveal!r}")
     code = next((c for c in ordered if reaches(c)), ordered[-1])
@@ -620,7 +635,8 @@ class LdpcAlice:
         word[short] = _shortened_values(code, frame_id, s)
         msg = SyndromeMessage(code.fingerprint, int(frame_id), code.n, code.m, p, s, float(qber_estimate),
                               code.syndrome(word), reveal_step=step)
-        return msg, BlindAliceFrame(code, int(frame_id), p, step, word, shortened=s)
+        mode = "order" if p else self.blind_reveal       # a punctured frame is always revealed in order
+        return msg, BlindAliceFrame(code, int(frame_id), p, step, word, shortened=s, reveal=mode)
 
 
 class BlindAliceFrame:
@@ -629,16 +645,16 @@ class BlindAliceFrame:
     frame."""
 
     def __init__(self, code: LdpcCode, frame_id: int, p0: int, step: int, word: np.ndarray,
-                 shortened: int = 0) -> None:
+                 shortened: int = 0, reveal: str = "order") -> None:
         self.fingerprint, self.m = code.fingerprint, code.m
         self.frame_id, self.p0, self.step, self.s0 = frame_id, p0, step, shortened
         self._code, self._word = code, word
         self._ext: np.ndarray | None = None
         self._public: np.ndarray | None = None      # reliability mode: symbols already known to Bob
-        self._mode: str | None = None               # "order" or "reliability", fixed by the first reveal
+        self._mode = reveal                         # "order" or "reliability": how Bob may ask
         # values Bob may be told: order mode, the punctured values then the extension syndrome bits; reliability
         # mode, as many values at the positions he names
-        self.limit = p0 + extension_rows(code)
+        self.limit = reveal_limit(code, p0, reveal)
         self.revealed = 0
 
     @property
@@ -693,9 +709,8 @@ class BlindAliceFrame:
         return msg
 
     def _set_mode(self, mode: str) -> None:
-        if self._mode not in (None, mode):
-            raise ValueError(f"reveal: frame {self.frame_id} already reveals in {self._mode} mode, not {mode}")
-        self._mode = mode
+        if self._mode != mode:
+            raise ValueError(f"reveal: frame {self.frame_id} is revealed in {self._mode} mode, not {mode}")
 
 
 class LdpcBob:
@@ -831,7 +846,8 @@ class LdpcBob:
             llr[key_pos[bits.size - pad_bits:]] = _SHORTENED_LLR
         llr[short] = _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * _shortened_values(code, msg.frame_id, msg.shortened)
         t = 0
-        p0, limit = msg.punctured, msg.punctured + extension_rows(code)
+        p0 = msg.punctured
+        limit = reveal_limit(code, p0, "reliability" if reveals and reveals[0].positions is not None else "order")
         ext: list[np.ndarray] = []
         for r in reveals:
             if not msg.blind:
@@ -892,7 +908,8 @@ class BlindDecoder:
     ``reveal_step`` symbols with the smallest a-posteriori |LLR| (llr + sum of the saved check messages) among
     those he does not know (key and still-punctured symbols): ``requests[i]`` after ``decode()``, answered by
     ``BlindAliceFrame.reveal_at``. The symbols BP is least sure of carry the most information per disclosed bit
-    (Kiktenko et al. 2017). Frames in this mode have no punctured symbols (``plan_blind``; checked here): by the
+    (Kiktenko et al. 2017). ``requests[i]`` is None for a frame with punctured symbols (``plan_blind`` plans those
+    for short codes): it is revealed in order. The others have no punctured symbols: by the
     sign symmetry of BP the |LLR| are then a function of the error pattern e and public data (H e = Alice's
     syndrome + Bob's, shortened and disclosed values), so Bob's choice tells nothing about Alice's key beyond
     what e does, the same kind of information as Cascade's mismatch reports. (With secret punctured values x_P the
@@ -918,10 +935,10 @@ class BlindDecoder:
         self.round_stall = round_stall
         if reveal not in REVEAL_MODES:
             raise ValueError(f"reveal: must be one of {', '.join(REVEAL_MODES)}, got {reveal!r}")
-        if reveal == "reliability" and any(m.punctured for m in msgs):
-            raise ValueError("msgs: reliability reveals need frames without punctured symbols (plan_blind with "
-                             "reveal='reliability'); these were planned for order reveals")
         self.reveal = reveal
+        # per frame: reliability reveals only for frames without punctured symbols (plan_blind gives those in
+        # reliability mode), order reveals for the others
+        self.modes = ["reliability" if reveal == "reliability" and not m.punctured else "order" for m in msgs]
         self.requests: dict[int, np.ndarray] = {}     # reliability mode: frame -> positions asked for
         self._llr: dict[int, tuple[np.ndarray, int]] = {}   # frame -> (its LLRs, reveals applied to them)
         self.bob, self.keys, self.msgs = bob, list(keys), list(msgs)
@@ -931,8 +948,9 @@ class BlindDecoder:
         unknown = [m.frame_id for m in self.msgs if m.code_fingerprint not in bob.codes]
         if unknown:
             raise ValueError(f"msg: frame {unknown[0]}: code fingerprint does not match any code held by Bob")
-        # values each frame may have revealed: its punctured ones, then its code's extension syndrome bits
-        self.limits = [m.punctured + extension_rows(bob.codes[m.code_fingerprint]) for m in self.msgs]
+        # values each frame may have disclosed (reveal_limit)
+        self.limits = [reveal_limit(bob.codes[m.code_fingerprint], m.punctured, mode)
+                       for m, mode in zip(self.msgs, self.modes)]
         self.round_iterations = round_iterations
         self.reveals: list[list[RevealMessage]] = [[] for _ in msgs]
         self.revealed = [0] * len(msgs)
@@ -972,6 +990,9 @@ class BlindDecoder:
         self.requests = {}
         if self.reveal == "reliability":
             for i in list(self.pending):
+                if self.modes[i] == "order":
+                    self.requests[i] = None         # the next values in order: nothing to name
+                    continue
                 pos = self._least_reliable(i)
                 if pos is None:             # nothing unknown left: as lost as an exhausted frame
                     self.pending.remove(i)
@@ -1013,11 +1034,11 @@ class BlindDecoder:
             if r.revealed_before != self.revealed[i] or self.revealed[i] + r.count > self.limits[i]:
                 raise ValueError(f"reveal: frame {r.frame_id} values {r.revealed_before}+{r.count} do not follow "
                                  f"the {self.revealed[i]} of {self.limits[i]} revealed so far")
-            if self.reveal == "reliability":
+            if self.modes[i] == "reliability":
                 if r.positions is None or not np.array_equal(r.positions, self.requests.pop(i, None)):
                     raise ValueError(f"reveal: frame {r.frame_id}: values are not at the positions asked for")
             elif r.positions is not None:
-                raise ValueError(f"reveal: frame {r.frame_id}: positions in order mode")
+                raise ValueError(f"reveal: frame {r.frame_id}: positions for a frame revealed in order")
             self.reveals[i].append(r)
             self.revealed[i] += r.count
 
@@ -1375,8 +1396,9 @@ def reconcile_blind(alice_key: np.ndarray, bob_key: np.ndarray, qber_estimate: f
                        warm_start=warm_start, reveal=reveal)
     failing = dec.decode()
     while failing:
-        if reveal == "reliability":     # Bob's positions travel as bytes too
-            got = [a_frames[i].reveal_at(decode_positions(encode_positions(dec.requests[i]))) for i in failing]
+        if reveal == "reliability":     # Bob's positions travel as bytes too (None: the next values in order)
+            got = [a_frames[i].reveal() if dec.requests[i] is None else
+                   a_frames[i].reveal_at(decode_positions(encode_positions(dec.requests[i]))) for i in failing]
         else:
             got = [a_frames[i].reveal() for i in failing]
         dec.add_reveals([RevealMessage.from_bytes(r.to_bytes()) for r in got])
