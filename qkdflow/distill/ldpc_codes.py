@@ -153,6 +153,10 @@ TABLE_RATES: tuple[float, ...] = tuple(sorted(DEGREE_DISTRIBUTIONS))
 # below capacity at QBER 0.5 % (fully shortened f 0.93; the 0.95 row is at 1.22 there). Command:
 #   python -m qkdflow.distill.ldpc_design --rate 0.962 --dc 210 --p 0.0040 --dv-max 60 --tail 0.1 --rounds 12 \
 #       --start-lambda <a rate-0.954 design from the 0.95 row>      (3 min)
+# Row 0.94 (p* 0.00656, f* 1.052) fills the gap at QBER 0.8 %, where the plan otherwise started the 0.95 row at a
+# fully shortened f of 0.83 and ended at 1.139 (n = 1e5, 32 frames). Command:
+#   python -m qkdflow.distill.ldpc_design --rate 0.94 --dc 137 --p 0.0064 --dv-max 60 --tail 0.1 --rounds 12 \
+#       --start-lambda <0.93 row>      (5 min)
 _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     0.79: ({2: 0.05624, 3: 0.20327, 6: 0.02398, 8: 0.07655, 9: 0.05982, 10: 0.05982, 11: 0.05982, 12: 0.00967,
             26: 0.18454, 35: 0.00086, 60: 0.26543},
@@ -187,6 +191,9 @@ _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
              26: 0.01534, 27: 0.0026, 50: 0.00391, 51: 0.015, 52: 0.00168, 56: 0.00362, 57: 0.015, 58: 0.015,
              59: 0.00202, 60: 0.18831},
             {220: 0.86648, 221: 0.13352}),
+    0.94: ({2: 0.01411, 3: 0.20213, 8: 0.07556, 9: 0.22839, 10: 0.00422, 19: 0.00285, 20: 0.05747, 21: 0.02462,
+            22: 0.02939, 23: 0.045, 24: 0.03401, 25: 0.02163, 26: 0.00758, 60: 0.25304},
+           {134: 0.54054, 135: 0.45946}),
     0.95: ({2: 0.01209, 3: 0.20328, 8: 0.15533, 9: 0.14207, 16: 0.01687, 17: 0.03385, 18: 0.045, 19: 0.04031,
             20: 0.045, 21: 0.015, 22: 0.015, 23: 0.0012, 60: 0.275},
            {160: 0.942745, 161: 0.057255}),
@@ -195,7 +202,7 @@ _DE_HIGH: dict[float, tuple[dict[int, float], dict[int, float]]] = {
 # the efficiency f* = (1 - R)/h(p*) there; the Elkouss rows as recomputed by the same code.
 _DE_HIGH_THRESHOLDS: dict[float, float] = {0.79: 0.03167, 0.815: 0.02701, 0.84: 0.02247, 0.85: 0.02071,
                                             0.875: 0.01643, 0.89: 0.01370, 0.90: 0.01232, 0.915: 0.01013,
-                                            0.93: 0.00802, 0.95: 0.00521, 0.962: 0.00377}
+                                            0.93: 0.00802, 0.94: 0.00656, 0.95: 0.00521, 0.962: 0.00377}
 DE_DISTRIBUTIONS: dict[float, tuple[dict[int, float], dict[int, float]]] = {
     **{r: v for r, v in DEGREE_DISTRIBUTIONS.items() if r not in _DE_HIGH}, **_DE_HIGH}
 FAMILIES: dict[str, dict[float, tuple[dict[int, float], dict[int, float]]]] = {
