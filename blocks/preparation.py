@@ -70,7 +70,7 @@ class Preparation(Block):
                 errs.append(f"record_file: no such file {self.record_file!r}")
             else:
                 try:
-                    arr = np.load(self.record_file, mmap_mode="r")
+                    arr = prng.load_npy(self.record_file)
                     if arr.dtype != PREP_DTYPE or arr.ndim != 1:
                         errs.append(f"record_file: must be a 1-D array of PREP_DTYPE, got {arr.dtype} {arr.shape}")
                     elif arr.size and (int(arr["intensity"].max()) > 2 or int(arr["basis"].max()) > 1
@@ -92,7 +92,7 @@ class Preparation(Block):
         self._mu = [float(self.intensities[k]) for k in INTENSITY_NAMES]
         self._pos = 0
         if self.record_file is not None:
-            self._rec = np.load(self.record_file, mmap_mode="r")
+            self._rec = prng.load_npy(self.record_file)
             self._total = self._rec.shape[0] if self.total_slots is None else self.total_slots
             if self._total > self._rec.shape[0]:
                 raise ValueError(f"total_slots: {self._total} exceeds the {self._rec.shape[0]} recorded slots")

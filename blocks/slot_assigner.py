@@ -41,6 +41,7 @@ import scipy.linalg  # noqa: F401  imported here, in the main thread: qkdflow.ti
 
 from blocks.tag_recorder import parse_channel_map
 from qkdflow.runtime.block import Block, BlockError, Frame, Stream
+from qkdflow.prng import load_npy
 from qkdflow.runtime.params import Param
 from qkdflow.streams import CLICK_DTYPE, PREP_DTYPE, TAG_DTYPE
 from qkdflow.timetag import (
@@ -139,7 +140,7 @@ class SlotAssigner(Block):
                 errs.append(f"channel_delay_ps: {k!r}: {v!r} is not channel: ps")
         if self.alice_record is not None:
             try:
-                rec = np.load(self.alice_record, mmap_mode="r")
+                rec = load_npy(self.alice_record)
                 if rec.dtype != PREP_DTYPE or rec.ndim != 1 or rec.size == 0:
                     errs.append(f"alice_record: {self.alice_record}: need a non-empty 1-D PREP_DTYPE array, "
                                 f"got {rec.dtype} {rec.shape}")
@@ -176,7 +177,7 @@ class SlotAssigner(Block):
         self._virtual_next: int | None = None         # next virtual sync index (clock: nominal)
         self._buffer: list[np.ndarray] = []             # clock: detections
         self._buffered = 0
-        self._rec = None if self.alice_record is None else np.load(self.alice_record, mmap_mode="r")
+        self._rec = None if self.alice_record is None else load_npy(self.alice_record)
         self._total = int(self.total_slots if self.total_slots is not None else self._rec.shape[0])
         self._offset = self.offset_slots
         self._offset_result = None

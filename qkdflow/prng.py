@@ -22,6 +22,7 @@ Streams of a descriptor's seed: 0 intensity class, 1 basis, 2 bit, 3 per-pulse s
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Mapping
 
 import numpy as np
@@ -88,9 +89,20 @@ def prep_descriptor(seed: int, probabilities: tuple[float, float, float] | list[
             "basis_bias": float(basis_bias)}
 
 
+_NPY_LOCK = threading.Lock()
+
+
+def load_npy(path: str) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")`` under a process-wide lock. numpy parses a .npy header with
+    ``ast.literal_eval``, and CPython 3.11.7's AST constructor is not thread-safe: two blocks starting in their
+    threads and reading the same record failed with "AST constructor recursion depth mismatch"."""
+    with _NPY_LOCK:
+        return np.load(path, mmap_mode="r")
+
+
 @functools.lru_cache(maxsize=16)
 def _recorded(path: str) -> np.ndarray:
-    arr = np.load(path, mmap_mode="r")
+    arr = load_npy(path)
     if arr.dtype != PREP_DTYPE or arr.ndim != 1:
         raise ValueError(f"record_file: {path} must hold a 1-D array of PREP_DTYPE, got {arr.dtype} {arr.shape}")
     return arr
