@@ -94,10 +94,8 @@ class ReconcileAau(AauHalf):
             out = []
             for j, i in enumerate(idx):
                 try:
-                    if positions is not None and positions[j] is not None:
-                        r = frames[i].reveal_at(ldpc.decode_positions(positions[j]))
-                    else:
-                        r = frames[i].reveal()
+                    asked = None if positions is None or positions[j] is None else ldpc.decode_positions(positions[j])
+                    r = frames[i].answer(asked)
                 except ValueError as e:
                     raise ProtocolError(f"reveal_request: frame {i}: {e}") from None
                 if r is None:

@@ -88,11 +88,7 @@ def run_blind(args, alice, bob, a, b, q):
         dec_s += time.perf_counter() - t
         if not failing:           # frames that failed with everything revealed are lost (counted in FER)
             break
-        if args.reveal == "reliability":
-            rs = [sent[i][1].reveal() if dec.requests[i] is None else sent[i][1].reveal_at(dec.requests[i])
-                  for i in failing]
-        else:
-            rs = [sent[i][1].reveal() for i in failing]
+        rs = [sent[i][1].answer(dec.requests.get(i)) for i in failing]
         dec.add_reveals([RevealMessage.from_bytes(r.to_bytes()) for r in rs])
     leaks = [m.leak_bits + t for m, t in zip(msgs, dec.revealed)]
     assert leaks == [fr.leak_bits for _, fr in sent]

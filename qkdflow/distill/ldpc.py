@@ -194,6 +194,11 @@ DEFAULT_ALGORITHM = "sum-product"
 MINSUM_ALPHA = 0.8
 MINSUM_BETA = 0.25            # LLR units
 _SHORTENED_LLR = 1.0e3        # "infinite" reliability; phi(1e3) underflows to the clip floor
+
+
+def _known_llr(bits: np.ndarray) -> np.ndarray:
+    """LLRs of symbols whose values are public (shortened, revealed): +-_SHORTENED_LLR for 0 / 1."""
+    return _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * np.asarray(bits, dtype=np.float64)
 _PHI_MIN, _PHI_MAX = 1.0e-12, 40.0
 
 
@@ -708,6 +713,11 @@ class BlindAliceFrame:
         self.revealed += int(pos.size)
         return msg
 
+    def answer(self, request: np.ndarray | None) -> RevealMessage | None:
+        """Alice's reply to one entry of Bob's request (``BlindDecoder.requests``): the values at the positions
+        he names, or with None the next values in order."""
+        return self.reveal() if request is None else self.reveal_at(request)
+
     def _set_mode(self, mode: str) -> None:
         if self._mode != mode:
             raise ValueError(f"reveal: frame {self.frame_id} is revealed in {self._mode} mode, not {mode}")
@@ -844,7 +854,7 @@ class LdpcBob:
             if not (0 <= pad_bits < bits.size) or bits[bits.size - pad_bits:].any():
                 raise ValueError(f"pad_bits: {pad_bits} padding bits must be zeros at the end of the frame")
             llr[key_pos[bits.size - pad_bits:]] = _SHORTENED_LLR
-        llr[short] = _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * _shortened_values(code, msg.frame_id, msg.shortened)
+        llr[short] = _known_llr(_shortened_values(code, msg.frame_id, msg.shortened))
         t = 0
         p0 = msg.punctured
         limit = reveal_limit(code, p0, "reliability" if reveals and reveals[0].positions is not None else "order")
@@ -864,7 +874,7 @@ class LdpcBob:
             if r.positions is not None:             # reliability mode: Alice's values where Bob asked
                 if r.positions.size != r.count or r.positions.max() >= code.n:
                     raise ValueError("reveal: positions do not match the values or the code length")
-                llr[r.positions] = np.where(r.values == 0, 1.0, -1.0) * _SHORTENED_LLR
+                llr[r.positions] = _known_llr(r.values)
                 t += r.count
                 continue
             if t < p0 < t + r.count:
@@ -872,7 +882,7 @@ class LdpcBob:
             if t < p0:
                 left = p0 - t
                 pos = code.puncture_order[left - r.count:left]
-                llr[pos] = np.where(r.values == 0, 1.0, -1.0) * _SHORTENED_LLR
+                llr[pos] = _known_llr(r.values)
             else:
                 ext.append(r.values)
             t += r.count
@@ -906,8 +916,8 @@ class BlindDecoder:
 
     ``reveal="reliability"`` (default): after a failed attempt Bob asks, per frame, for Alice's values at the
     ``reveal_step`` symbols with the smallest a-posteriori |LLR| (llr + sum of the saved check messages) among
-    those he does not know (key and still-punctured symbols): ``requests[i]`` after ``decode()``, answered by
-    ``BlindAliceFrame.reveal_at``. The symbols BP is least sure of carry the most information per disclosed bit
+    the key symbols he does not know: ``requests[i]`` after ``decode()``, answered by
+    ``BlindAliceFrame.answer``. The symbols BP is least sure of carry the most information per disclosed bit
     (Kiktenko et al. 2017). ``requests[i]`` is None for a frame with punctured symbols (``plan_blind`` plans those
     for short codes): it is revealed in order. The others have no punctured symbols: by the
     sign symmetry of BP the |LLR| are then a function of the error pattern e and public data (H e = Alice's
@@ -939,7 +949,7 @@ class BlindDecoder:
         # per frame: reliability reveals only for frames without punctured symbols (plan_blind gives those in
         # reliability mode), order reveals for the others
         self.modes = ["reliability" if reveal == "reliability" and not m.punctured else "order" for m in msgs]
-        self.requests: dict[int, np.ndarray] = {}     # reliability mode: frame -> positions asked for
+        self.requests: dict[int, np.ndarray | None] = {}   # reliability mode: frame -> positions (None: in order)
         self._llr: dict[int, tuple[np.ndarray, int]] = {}   # frame -> (its LLRs, reveals applied to them)
         self.bob, self.keys, self.msgs = bob, list(keys), list(msgs)
         if pads is not None and len(pads) != len(msgs):
@@ -1009,7 +1019,7 @@ class BlindDecoder:
         if i in self._llr:           # the LLRs of the last round plus the values revealed since
             llr, done = self._llr[i]
             for r in self.reveals[i][done:]:
-                llr[r.positions] = np.where(r.values == 0, 1.0, -1.0) * _SHORTENED_LLR
+                llr[r.positions] = _known_llr(r.values)
         else:
             _, _, llr, _, _ = self.bob._prepare(self.keys[i], msg, self.reveals[i], pad_bits=self.pads[i])
         self._llr[i] = (llr, len(self.reveals[i]))
@@ -1396,11 +1406,9 @@ def reconcile_blind(alice_key: np.ndarray, bob_key: np.ndarray, qber_estimate: f
                        warm_start=warm_start, reveal=reveal)
     failing = dec.decode()
     while failing:
-        if reveal == "reliability":     # Bob's positions travel as bytes too (None: the next values in order)
-            got = [a_frames[i].reveal() if dec.requests[i] is None else
-                   a_frames[i].reveal_at(decode_positions(encode_positions(dec.requests[i]))) for i in failing]
-        else:
-            got = [a_frames[i].reveal() for i in failing]
+        asked = [dec.requests.get(i) for i in failing]      # Bob's positions travel as bytes too
+        got = [a_frames[i].answer(None if a is None else decode_positions(encode_positions(a)))
+               for i, a in zip(failing, asked)]
         dec.add_reveals([RevealMessage.from_bytes(r.to_bytes()) for r in got])
         failing = dec.decode()
     res.frames = list(dec.results)              # type: ignore[arg-type]
