@@ -578,6 +578,29 @@ def test_blind_reliability_reveals_decode_every_frame_with_less_leak_than_order_
     assert leaks["reliability"] < leaks["order"]
 
 
+@pytest.mark.skipif(ldpc._cldpc is None, reason="C extension not built")
+@pytest.mark.parametrize("mode", ["reliability", "order"])
+def test_blind_messages_kept_in_place_give_the_same_rounds_as_per_frame_copies(pool, mode, monkeypatch):
+    """BlindDecoder keeps every frame's messages in one array (rows resumed in place by the C kernel; order-mode
+    rows with room for the extension edges). The rounds, requests, iterations, leak and words are those of the
+    per-frame copies it used before."""
+    runs = []
+    for in_place in (True, False):
+        monkeypatch.setattr(LdpcBob, "uses_store", property(lambda self, v=in_place: v and self.use_numba is None))
+        _, a, b, msgs, frames = _blind_batch(pool, 0.05, 5, seed=41, blind_start=1.0, blind_step=0.02,
+                                             blind_reveal=mode)
+        dec = BlindDecoder(LdpcBob(pool, max_iterations=200), list(b), msgs, reveal=mode)
+        assert (dec._store is not None) == in_place
+        asked, failing = [], dec.decode()
+        while failing:
+            asked.append([None if dec.requests.get(i) is None else dec.requests[i].tolist() for i in failing])
+            dec.add_reveals([frames[i].answer(dec.requests.get(i)) for i in failing])
+            failing = dec.decode()
+        assert dec.done and all(np.array_equal(r.corrected, a[i]) for i, r in enumerate(dec.results))
+        runs.append((asked, dec.iterations, dec.attempts, dec.leak_bits, [r.iterations for r in dec.results]))
+    assert runs[0] == runs[1] and len(runs[0][0]) >= 2
+
+
 def test_reveal_at_checks_positions_and_never_discloses_a_symbol_twice(pool):
     _, a, b, msgs, frames = _blind_batch(pool, 0.03, 2, seed=32)
     fr, m = frames[0], msgs[0]

@@ -303,3 +303,82 @@ def test_stall_must_not_be_negative(frames):
     code, _, llr, syn = frames
     with pytest.raises(ValueError, match="stall"):
         _decode_stall(code, llr[:2], syn[:2], False, stall=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blind mode's plumbing: posteriors of unconverged frames (post_out) and messages kept in place (state_rows).
+
+ALL_KERNELS = [(False, 0), (True, 1), (True, 2), (True, 3)]     # (simd, kernel): scalar, stream f16/f32, group
+
+
+def _decode_io(code, llr, syn, simd, kernel, max_iter, state=None, warm=False, post=None, rows=None, stride=0):
+    f = llr.shape[0]
+    words = np.empty((f, code.n), np.uint8)
+    iters = np.zeros(f, np.int64)
+    ok = np.zeros(f, np.uint8)
+    args = [code.check_ptr, code.edge_var, np.ascontiguousarray(llr), np.ascontiguousarray(syn), max_iter, words,
+            iters, ok, simd, state, warm, kernel, 0, post]
+    if rows is not None:
+        args += [np.ascontiguousarray(rows, np.int64), stride]
+    _c.decode_many(*args)
+    return words, ok.astype(bool), iters
+
+
+@needs_stream
+@pytest.mark.parametrize("simd,kernel", ALL_KERNELS)
+def test_post_out_holds_the_posteriors_of_the_frames_that_did_not_converge(frames, simd, kernel):
+    """The a-posteriori LLRs written for a failed frame are llr + the sum of its saved check messages (up to the
+    float16 rounding of stored messages in kernel 1); converged frames' rows are left as they were."""
+    code, x, llr, syn = frames
+    sel = np.flatnonzero(np.isin(QBERS, (0.0, 0.06, 0.13)))[:12]
+    state = np.zeros((sel.size, code.n_edges), np.float32)
+    post = np.full((sel.size, code.n), np.nan, np.float32)
+    _, ok, _ = _decode_io(code, llr[sel], syn[sel], simd, kernel, 5, state=state, post=post)
+    assert ok.any() and not ok.all()
+    assert np.isnan(post[ok]).all()
+    tol = 0.05 if kernel == 1 else 1e-3
+    for j in np.flatnonzero(~ok):
+        ref = llr[sel[j]] + np.bincount(code.edge_var, weights=state[j], minlength=code.n)
+        assert np.max(np.abs(post[j] - ref) / np.maximum(1.0, np.abs(ref))) < tol
+
+
+@needs_stream
+@pytest.mark.parametrize("simd,kernel", ALL_KERNELS)
+def test_state_rows_keep_each_frames_messages_in_place(frames, simd, kernel):
+    """Messages read from and written to rows of a wider (R, S) array, in any row order, give bit-identical words,
+    iterations and messages to the packed (F, E) state, for the first attempt and the warm restart; the columns
+    past E and the rows of other frames are never touched."""
+    code, _, llr, syn = frames
+    sel = np.flatnonzero(np.isin(QBERS, (0.06, 0.07, 0.13)))[:20]
+    packed = np.zeros((sel.size, code.n_edges), np.float32)
+    ref1 = _decode_io(code, llr[sel], syn[sel], simd, kernel, 4, state=packed)
+    ref_state = packed.copy()
+    ref2 = _decode_io(code, llr[sel], syn[sel], simd, kernel, MAX_ITER, state=packed, warm=True)
+    rows = np.random.default_rng(5).permutation(sel.size + 7)[:sel.size]
+    stride = code.n_edges + 33
+    store = np.zeros((sel.size + 7, stride), np.float32)
+    store[:, code.n_edges:] = 7.0                          # sentinels: never read, never written
+    unused = np.setdiff1d(np.arange(store.shape[0]), rows)
+    store[unused] = 9.0
+    got1 = _decode_io(code, llr[sel], syn[sel], simd, kernel, 4, state=store, rows=rows, stride=stride)
+    assert all(np.array_equal(a, b) for a, b in zip(ref1, got1))
+    assert np.array_equal(store[rows, :code.n_edges], ref_state)
+    got2 = _decode_io(code, llr[sel], syn[sel], simd, kernel, MAX_ITER, state=store, warm=True, rows=rows,
+                      stride=stride)
+    assert all(np.array_equal(a, b) for a, b in zip(ref2, got2))
+    assert np.array_equal(store[rows, :code.n_edges], packed)
+    assert np.all(store[rows, code.n_edges:] == 7.0) and np.all(store[unused] == 9.0)
+
+
+@pytest.mark.skipif(_c is None, reason="C extension not built")
+def test_state_rows_and_post_out_are_checked(frames):
+    code, _, llr, syn = frames
+    st = np.zeros((4, code.n_edges), np.float32)
+    for rows, stride, match in (([0, 1, 2, 4], code.n_edges, "out of range"), ([0, 1, 2, 3], code.n_edges - 1, "stride"),
+                                ([0, 1, 2], code.n_edges, "stride")):
+        with pytest.raises(ValueError, match=match):
+            _decode_io(code, llr[:4], syn[:4], True, 0, 3, state=st, rows=rows, stride=stride)
+    with pytest.raises(ValueError, match="without a state"):
+        _decode_io(code, llr[:4], syn[:4], True, 0, 3, rows=[0, 1, 2, 3], stride=code.n_edges)
+    with pytest.raises(ValueError, match="post_out"):
+        _decode_io(code, llr[:4], syn[:4], True, 0, 3, post=np.zeros((3, code.n), np.float32))

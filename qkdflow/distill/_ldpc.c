@@ -266,7 +266,7 @@ __attribute__((target("avx512f")))
 static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                            const uint8_t *syn, int64_t f0, int nl, long max_iter, uint8_t *words,
                            int64_t *iters, uint8_t *oks, float *post, float *c2v, float *tmp, float *phs,
-                           int32_t *synT, float *state, int warm)
+                           int32_t *synT, float *const *srow, int warm, float *post_out)
 {
     const int64_t n_edges = ptr[m];
     for (int64_t v = 0; v < n; v++)
@@ -274,9 +274,9 @@ static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int
     for (int64_t c = 0; c < m; c++)
         for (int l = 0; l < W; l++) synT[c * W + l] = (l < nl && syn[(f0 + l) * m + c]) ? INT32_MIN : 0;
     memset(c2v, 0, (size_t)n_edges * W * sizeof(float));
-    if (state && warm) {   /* warm start: interleave each lane's saved check messages, post += sum c2v */
+    if (srow && warm) {   /* warm start: interleave each lane's saved check messages, post += sum c2v */
         for (int l = 0; l < nl; l++) {
-            const float *sf = state + (f0 + l) * n_edges;
+            const float *sf = srow[f0 + l];
             for (int64_t e = 0; e < n_edges; e++) c2v[e * W + l] = sf[e];
         }
         for (int64_t e = 0; e < n_edges; e++) {
@@ -356,10 +356,12 @@ static void decode_group16(const int64_t *ptr, const int32_t *ev, int64_t m, int
             lane_result(post, n, l, words + (f0 + l) * n);
             iters[f0 + l] = it;
             oks[f0 + l] = 0;
-            if (state) {       /* only unconverged frames need their messages for a later attempt */
-                float *sf = state + (f0 + l) * n_edges;
+            if (srow) {        /* only unconverged frames need their messages for a later attempt */
+                float *sf = srow[f0 + l];
                 for (int64_t e = 0; e < n_edges; e++) sf[e] = c2v[e * W + l];
             }
+            if (post_out)
+                for (int64_t v = 0; v < n; v++) post_out[(f0 + l) * n + v] = post[v * W + l];
         }
 }
 /* ------------------------------------------------------------------------ streaming multi-frame kernel
@@ -690,8 +692,8 @@ __attribute__((target("avx512f,avx512dq,f16c")))
 static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, int64_t n, const double *llr,
                             const uint8_t *syn, int64_t F, long max_iter, uint8_t *words, int64_t *iters,
                             uint8_t *oks, float *post, void *c2v, float *tmp, float *pre, float *phs,
-                            uint16_t *synm, uint16_t *hard, float *state, int warm, int f16, int32_t *unsat_list,
-                            long stall)
+                            uint16_t *synm, uint16_t *hard, float *const *srow, int warm, int f16, int32_t *unsat_list,
+                            long stall, float *post_out)
 {
     const int64_t n_edges = ptr[m];
     const int pfe = stream_pf_edges(n_edges, m);
@@ -729,36 +731,50 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                 ssrc[nnew++] = syn + lane_f[l] * m;
             }
         if (newl) {
+            /* per variable (per edge below): the new lanes' values gathered into one row, then one masked vector
+             * store / add; the other lanes' entries of buf are stale and masked off */
+            const __mmask16 nm = (__mmask16)newl;
+            float buf[W] __attribute__((aligned(64)));
+            memset(buf, 0, sizeof buf);
             for (int64_t v = 0; v < n; v++) {
-                uint32_t h = hard[v] & ~newl;
-                for (int j = 0; j < nnew; j++) {
-                    float x = (float)src[j][v];
-                    post[v * W + lanes[j]] = x;
-                    h |= sign_bit(x) << lanes[j];
-                }
-                hard[v] = (uint16_t)h;
+                for (int j = 0; j < nnew; j++) buf[lanes[j]] = (float)src[j][v];
+                __m512 x = _mm512_load_ps(buf);
+                _mm512_mask_store_ps(post + v * W, nm, x);
+                uint32_t sg = (uint32_t)_mm512_cmplt_epi32_mask(_mm512_castps_si512(x), _mm512_setzero_si512());
+                hard[v] = (uint16_t)((hard[v] & ~newl) | (sg & newl));
             }
             for (int64_t c = 0; c < m; c++) {
                 uint32_t s = synm[c] & ~newl;
                 for (int j = 0; j < nnew; j++) s |= (uint32_t)(ssrc[j][c] & 1) << lanes[j];
                 synm[c] = (uint16_t)s;
             }
-            if (state && warm) {   /* the lanes' saved messages (as stored), post += sum c2v in edge order; all new
-                                    * lanes in one sweep (a sweep per lane re-read every message row per lane) */
+            if (srow && warm) {    /* the lanes' saved messages (as stored), post += sum c2v in edge order; all new
+                                    * lanes in one sweep (a sweep per lane re-read every message row per lane), a
+                                    * row per edge: one float16 conversion and one masked add for all of them (scalar
+                                    * per lane and edge it cost ~6 iterations' time per attempt at n = 1e5) */
                 const float *sf[W];
-                for (int j = 0; j < nnew; j++) sf[j] = state + lane_f[lanes[j]] * n_edges;
+                for (int j = 0; j < nnew; j++) sf[j] = srow[lane_f[lanes[j]]];
                 for (int64_t e = 0; e < n_edges; e++) {
                     float *pv = post + (int64_t)ev[e] * W;
-                    for (int j = 0; j < nnew; j++) {
-                        c2v_set(c2v, e, lanes[j], f16, sf[j][e]);
-                        pv[lanes[j]] += c2v_get(c2v, e, lanes[j], f16, W);
+                    for (int j = 0; j < nnew; j++) buf[lanes[j]] = sf[j][e];
+                    __m512 x = _mm512_load_ps(buf);
+                    if (f16) {          /* rounded as the kernel stores it; the other lanes' rows kept exactly */
+                        uint16_t *row = (uint16_t *)c2v + e * W;
+                        __m512 old = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)row));
+                        __m256i h = _mm512_cvtps_ph(_mm512_mask_blend_ps(nm, old, x),
+                                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                        _mm256_store_si256((__m256i *)row, h);
+                        x = _mm512_cvtph_ps(h);
+                    } else {
+                        _mm512_mask_store_ps((float *)c2v + e * W, nm, x);
                     }
+                    __m512 pvv = _mm512_load_ps(pv);
+                    _mm512_store_ps(pv, _mm512_mask_add_ps(pvv, nm, pvv, x));
                 }
                 for (int64_t v = 0; v < n; v++) {
-                    uint32_t h = hard[v];
-                    for (int j = 0; j < nnew; j++)
-                        h = (h & ~(1u << lanes[j])) | (sign_bit(post[v * W + lanes[j]]) << lanes[j]);
-                    hard[v] = (uint16_t)h;
+                    uint32_t sg = (uint32_t)_mm512_cmplt_epi32_mask(
+                        _mm512_castps_si512(_mm512_load_ps(post + v * W)), _mm512_setzero_si512());
+                    hard[v] = (uint16_t)((hard[v] & ~newl) | (sg & newl));
                 }
             } else {
                 fresh |= newl;
@@ -792,8 +808,10 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             for (int64_t v = 0; v < n; v++) wd[v] = (uint8_t)(hard[v] >> l & 1u);
             iters[f] = lane_it[l];
             oks[f] = (uint8_t)okl;
-            if (state && !okl) {   /* only unconverged frames need their messages for a later attempt */
-                float *sf = state + f * n_edges;
+            if (post_out && !okl)
+                for (int64_t v = 0; v < n; v++) post_out[f * n + v] = post[v * ws + l];
+            if (srow && !okl) {    /* only unconverged frames need their messages for a later attempt */
+                float *sf = srow[f];
                 if (fresh >> l & 1u) {
                     memset(sf, 0, (size_t)n_edges * sizeof(float));
                 } else {
@@ -803,8 +821,18 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             }
             fin |= 1u << l;
         }
-        for (int64_t e = 0; nsave && e < n_edges; e++)     /* every lane to save in one sweep over the messages */
-            for (int j = 0; j < nsave; j++) save_to[j][e] = c2v_get(c2v, e, save_l[j], f16, ws);
+        if (nsave) {                  /* every lane to save in one sweep over the messages, a row at a time */
+            float buf[W] __attribute__((aligned(64)));
+            for (int64_t e = 0; e < n_edges; e++) {
+                if (ws == W)
+                    _mm512_store_ps(buf, f16 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)((const uint16_t *)c2v + e * W)))
+                                             : _mm512_load_ps((const float *)c2v + e * W));
+                else
+                    _mm256_store_ps(buf, f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)c2v + e * ws)))
+                                             : _mm256_loadu_ps((const float *)c2v + e * ws));
+                for (int j = 0; j < nsave; j++) save_to[j][e] = buf[save_l[j]];
+            }
+        }
         active &= ~fin;
         fresh &= ~fin;
         if (fin && next < F) continue;      /* refill first: the new frames need their own syndrome test */
@@ -937,7 +965,7 @@ static void *alloc64(size_t bytes) { return aligned_alloc(64, ((bytes + 63) / 64
 
 PyDoc_STRVAR(decode_many_doc,
 "decode_many(check_ptr, edge_var, llr, syndromes, max_iterations, words, iterations, converged, simd\n"
-"            [, state, warm, kernel, stall])\n\n"
+"            [, state, warm, kernel, stall, post_out, state_rows, state_stride])\n\n"
 "F frames of one code: llr float64 (F*n,), syndromes uint8 (F*m,), outputs words uint8 (F*n,),\n"
 "iterations int64 (F,), converged uint8 (F,).  simd: 1 = a 16-frame AVX-512 kernel where the CPU has it,\n"
 "0 = frame-by-frame scalar kernel.  state: optional writable float32 (F*E,) check-to-variable messages (or None);\n"
@@ -947,16 +975,22 @@ PyDoc_STRVAR(decode_many_doc,
 "float32 messages, 3 = the earlier 16-frame group kernel (lock-step groups, for comparisons).\n"
 "stall: > 0 gives a frame up (not converged) once its count of failing checks, taken during each pass, has not\n"
 "reached a new minimum for `stall` iterations (streaming and scalar kernels; the group kernel ignores it).\n"
+"post_out: optional writable float32 (F*n,): the a-posteriori LLRs at the end of the last iteration of every\n"
+"frame that did not converge (others untouched): blind reconciliation's reliability requests.\n"
+"state_rows: optional int64 (F,): frame f's messages are row state_rows[f] of state seen as (R, state_stride)\n"
+"float32 (state_stride >= E; the first E entries used), so a caller can keep every frame's messages in place\n"
+"across calls instead of packing them into an (F, E) array per call.\n"
 "Returns the name of the kernel used.");
 
 static PyObject *py_decode_many(PyObject *self, PyObject *args)
 {
     PyObject *o[8];
-    PyObject *o_state = Py_None;
+    PyObject *o_state = Py_None, *o_post = Py_None, *o_rows = Py_None;
     long max_iter, stall = 0;
+    Py_ssize_t stride = 0;
     int simd, warm = 0, kernel = KERNEL_AUTO;
-    if (!PyArg_ParseTuple(args, "OOOOlOOOp|Opil", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6], &simd,
-                          &o_state, &warm, &kernel, &stall))
+    if (!PyArg_ParseTuple(args, "OOOOlOOOp|OpilOOn", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6],
+                          &simd, &o_state, &warm, &kernel, &stall, &o_post, &o_rows, &stride))
         return NULL;
     if (stall < 0) {
         PyErr_SetString(PyExc_ValueError, "decode_many: stall must be >= 0");
@@ -966,8 +1000,9 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "decode_many: kernel must be 0 (auto), 1, 2 (streaming f16/f32) or 3 (group)");
         return NULL;
     }
-    Py_buffer bst;
-    int have_state = 0;
+    Py_buffer bst, bpo, brw;
+    int have_state = 0, have_post = 0, have_rows = 0;
+    float **srow = NULL;
     static const Py_ssize_t isz[7] = {8, 4, 8, 1, 1, 8, 1};
     static const int wr[7] = {0, 0, 0, 0, 1, 1, 1};
     static const char *names[7] = {"check_ptr", "edge_var", "llr", "syndromes", "words", "iterations", "converged"};
@@ -998,12 +1033,44 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
     if (o_state != Py_None) {
         if (get_buf(o_state, &bst, 1, 4, "state") < 0) goto done;
         have_state = 1;
-        if (bst.len != 4 * F * ptr[m]) {
+        if (o_rows == Py_None && bst.len != 4 * F * ptr[m]) {
             PyErr_SetString(PyExc_ValueError, "decode_many: state must hold F * n_edges float32 messages");
             goto done;
         }
+        srow = (float **)malloc((size_t)F * sizeof(float *));
+        if (!srow) { PyErr_NoMemory(); goto done; }
+        if (o_rows == Py_None) {
+            for (int64_t f = 0; f < F; f++) srow[f] = (float *)bst.buf + f * ptr[m];
+        } else {
+            if (get_buf(o_rows, &brw, 0, 8, "state_rows") < 0) goto done;
+            have_rows = 1;
+            if (brw.len != 8 * F || stride < ptr[m] || bst.len % (4 * stride) != 0) {
+                PyErr_SetString(PyExc_ValueError, "decode_many: state_rows must hold F rows and state_stride must be "
+                                                  ">= n_edges and divide the state");
+                goto done;
+            }
+            const int64_t R = bst.len / (4 * stride), *rows = (const int64_t *)brw.buf;
+            for (int64_t f = 0; f < F; f++) {
+                if (rows[f] < 0 || rows[f] >= R) {
+                    PyErr_SetString(PyExc_ValueError, "decode_many: a state row is out of range");
+                    goto done;
+                }
+                srow[f] = (float *)bst.buf + rows[f] * stride;
+            }
+        }
+    } else if (o_rows != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "decode_many: state_rows without a state");
+        goto done;
     }
-    float *state = have_state ? (float *)bst.buf : NULL;
+    if (o_post != Py_None) {
+        if (get_buf(o_post, &bpo, 1, 4, "post_out") < 0) goto done;
+        have_post = 1;
+        if (bpo.len != 4 * F * n) {
+            PyErr_SetString(PyExc_ValueError, "decode_many: post_out must hold F * n float32 LLRs");
+            goto done;
+        }
+    }
+    float *post_out = have_post ? (float *)bpo.buf : NULL;
     /* kernel choice: streaming where the CPU has AVX512F+DQ+F16C, else the group kernel (AVX512F), else scalar */
     int vec = 0;
     if (simd && use_simd()) {
@@ -1040,21 +1107,22 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         f_scalar = rest <= SCALAR_TAIL ? full : F;
         for (int64_t f0 = 0; f0 < f_scalar; f0 += 16)
             decode_group16(ptr, ev, m, n, llr, syn, f0, (int)(F - f0 < 16 ? F - f0 : 16), max_iter, words,
-                           iters, oks, post, (float *)c2v, tmp, phs, synT, state, warm);
+                           iters, oks, post, (float *)c2v, tmp, phs, synT, srow, warm, post_out);
     } else if (vec) {
         /* a streaming pass costs about 2 single-frame passes (measured, n = 1e5): 1-2 frames run frame by frame */
         f_scalar = F >= STREAM_MIN_FRAMES ? F : 0;
         if (f_scalar)
             decode_stream16(ptr, ev, m, n, llr, syn, F, max_iter, words, iters, oks, post, c2v, tmp, pre, phs,
-                            synm, hard, state, warm, vec == KERNEL_STREAM_F16, unsat_list, stall);
+                            synm, hard, srow, warm, vec == KERNEL_STREAM_F16, unsat_list, stall, post_out);
     }
 #endif
     for (int64_t f = f_scalar; f < F; f++) {
         int ok = 0;
-        float *msgs = state ? state + f * ptr[m] : (float *)c2v;   /* the frame's own saved messages, in place */
+        float *msgs = srow ? srow[f] : (float *)c2v;   /* the frame's own saved messages, in place */
         iters[f] = decode_frame(ptr, ev, m, n, llr + f * n, syn + f * m, max_iter, words + f * n, post, msgs,
-                                tmp, phs, &ok, state ? warm : 0, stall);
+                                tmp, phs, &ok, srow ? warm : 0, stall);
         oks[f] = (uint8_t)ok;
+        if (post_out && !ok) memcpy(post_out + f * n, post, (size_t)n * sizeof(float));
     }
     Py_END_ALLOW_THREADS
     {
@@ -1064,7 +1132,10 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
 done:
     free(post); free(c2v); free(tmp); free(phs); free(pre); free(synT); free(synm); free(hard);
     free(unsat_list);
+    free(srow);
     if (have_state) PyBuffer_Release(&bst);
+    if (have_post) PyBuffer_Release(&bpo);
+    if (have_rows) PyBuffer_Release(&brw);
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return res;
 }

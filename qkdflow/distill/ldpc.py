@@ -755,7 +755,9 @@ class LdpcBob:
     def decode_many(self, keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
                     reveals: Sequence[Sequence[RevealMessage]] | None = None,
                     states: list | None = None, max_iterations: int | None = None,
-                    pads: Sequence[int] | None = None, stall: int | None = None) -> list[LdpcResult]:
+                    pads: Sequence[int] | None = None, stall: int | None = None,
+                    posts: list | None = None,
+                    store: tuple[np.ndarray, Sequence[int], Sequence[bool]] | None = None) -> list[LdpcResult]:
         """Decode several frames; frames of the same mother code go to the C multi-frame kernel together.
 
         Same results as ``decode`` frame by frame (up to the float rounding of the SIMD kernel's phi), faster
@@ -765,7 +767,11 @@ class LdpcBob:
         entry per frame, ``None`` or the float32 messages of that frame's previous attempt: decoding resumes
         from them, and the entry is replaced by the new messages (``None`` once the frame has converged).
         ``max_iterations`` and ``stall`` override the instance's for this call. ``pads[i]``: frame i's last key bits are
-        public zero padding (decoded as known zeros).
+        public zero padding (decoded as known zeros). ``posts`` (a list with one entry per frame): set to the
+        float32 a-posteriori LLRs of each frame that did not converge (C sum-product kernels), else to None.
+        ``store`` (instead of ``states``; C sum-product only, see ``uses_store``): (array, rows, warm): frame i's
+        messages live in row rows[i] of a float32 (R, S) array, zero until its first attempt (warm[i] False),
+        resumed and written back in place.
         """
         if len(keys) != len(msgs):
             raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
@@ -775,6 +781,13 @@ class LdpcBob:
             raise ValueError(f"states: {len(states)} entries for {len(msgs)} frames")
         if pads is not None and len(pads) != len(msgs):
             raise ValueError(f"pads: {len(pads)} entries for {len(msgs)} frames")
+        if store is not None and (states is not None or not self.uses_store or len(store[1]) != len(msgs)
+                                  or len(store[2]) != len(msgs)):
+            raise ValueError("store: needs the C sum-product decoder, no states, and one row and flag per frame")
+        if posts is not None:
+            if len(posts) != len(msgs):
+                raise ValueError(f"posts: {len(posts)} entries for {len(msgs)} frames")
+            posts[:] = [None] * len(msgs)
         cap = self.max_iterations if max_iterations is None else int(max_iterations)
         stall = self.stall if stall is None else int(stall)
         out: list[LdpcResult | None] = [None] * len(msgs)
@@ -813,15 +826,29 @@ class LdpcBob:
                     if states[i] is not None:   # fewer extension rows before: their edges are a prefix
                         st[j, :states[i].size] = states[i]
                         warm = True
+            po = (np.empty((len(idx), code.n), dtype=np.float32)
+                  if posts is not None and self.algorithm == "sum-product" else None)
+            rows = None
+            if store is not None:
+                st, rows = store[0], np.array([store[1][i] for i in idx], dtype=np.int64)
+                warm = any(store[2][i] for i in idx)    # a frame's row is zero before its first attempt
             words, ok, iters = decode_syndromes(code, group_llr[fp],
                                                 np.stack([prepared[i][4] for i in idx]), cap,
-                                                state=st, warm=warm, algorithm=self.algorithm, stall=stall)
+                                                state=st, warm=warm, algorithm=self.algorithm, stall=stall,
+                                                post_out=po, state_rows=rows)
             for j, i in enumerate(idx):
                 out[i] = self._result(msgs[i], prepared[i][1], words[j], bool(ok[j]), int(iters[j]),
                                       prepared[i][3])
                 if states is not None:
                     states[i] = None if ok[j] else st[j]  # a view: the next round copies it into its own array
+                if po is not None and not ok[j]:
+                    posts[i] = po[j]
         return out  # type: ignore[return-value]
+
+    @property
+    def uses_store(self) -> bool:
+        """``decode_many`` accepts ``store`` (messages kept in place in one array): the C sum-product path."""
+        return self.use_numba is None and _cldpc is not None and self.algorithm == "sum-product"
 
     def _prepare(self, key: np.ndarray, msg: SyndromeMessage, reveals: Sequence[RevealMessage] = (),
                  out: np.ndarray | None = None, pad_bits: int = 0,
@@ -928,6 +955,9 @@ class BlindDecoder:
     channel |LLR| ranks the symbols. ``reveal="order"``: the next
     punctured values, then extension syndrome bits (Martinez-Mateo et al. 2012). ``leak_bits`` = sum over frames of
     m - p0 + revealed; ``iterations`` and ``attempts`` count every decoding attempt (for throughput figures).
+    With the C sum-product kernels every frame's messages stay in one (frames, E) array, resumed and written back
+    in place (``LdpcBob.decode_many(store=...)``), and the kernel hands back each failed frame's posteriors for the
+    request: no per-round copies of the messages and no Python pass over the edges.
     """
 
     def __init__(self, bob: "LdpcBob", keys: Sequence[np.ndarray], msgs: Sequence[SyndromeMessage],
@@ -966,6 +996,15 @@ class BlindDecoder:
         self.revealed = [0] * len(msgs)
         self.results: list[LdpcResult | None] = [None] * len(msgs)
         self.states: list | None = [None] * len(msgs) if warm_start else None
+        self.posts: list = [None] * len(msgs)    # frame -> a-posteriori LLRs of its last failed attempt (C kernels)
+        # C sum-product: every frame's messages in place in one array (row i = frame i; the order-mode frames' rows
+        # have room for the whole extension: every variable is in exactly one extension row, n more edges)
+        self._store: np.ndarray | None = None
+        if warm_start and bob.uses_store and msgs:
+            width = max(bob.codes[m.code_fingerprint].n_edges + (bob.codes[m.code_fingerprint].n if mode == "order"
+                                                                  else 0) for m, mode in zip(msgs, self.modes))
+            self._store = np.zeros((len(msgs), width), dtype=np.float32)
+        self._tried = [False] * len(msgs)
         self.pending = list(range(len(msgs)))
         self.failed: list[int] = []
         self.attempts = 0
@@ -983,17 +1022,23 @@ class BlindDecoder:
             if not idx:
                 continue
             cap = self.bob.max_iterations if final else min(self.round_iterations, self.bob.max_iterations)
-            sub_states = [self.states[i] for i in idx] if self.states is not None else None
+            store = None if self._store is None else (self._store, idx, [self._tried[i] for i in idx])
+            sub_states = [self.states[i] for i in idx] if self.states is not None and store is None else None
+            sub_posts: list | None = [None] * len(idx) if self.reveal == "reliability" and not final else None
             res = self.bob.decode_many([self.keys[i] for i in idx], [self.msgs[i] for i in idx],
                                        [self.reveals[i] for i in idx], sub_states, max_iterations=cap,
                                        pads=[self.pads[i] for i in idx],
-                                       stall=None if final else self.round_stall)
+                                       stall=None if final else self.round_stall, posts=sub_posts, store=store)
             for j, (i, r) in enumerate(zip(idx, res)):
                 self.results[i] = r
                 self.attempts += 1
                 self.iterations += r.iterations
-                if self.states is not None:
+                if sub_states is not None:
                     self.states[i] = sub_states[j]
+                elif self.states is not None:      # the store's row (its first n_edges entries are the messages)
+                    self.states[i] = None if r.converged else self._store[i]
+                self._tried[i] = True
+                self.posts[i] = sub_posts[j] if sub_posts is not None else None
         # a frame whose attempt with every value revealed failed is lost: it leaves the batch
         self.failed += [i for i in self.pending if not self.results[i].converged and self.exhausted(i)]
         self.pending = [i for i in self.pending if not self.results[i].converged and not self.exhausted(i)]
@@ -1010,6 +1055,7 @@ class BlindDecoder:
                 else:
                     self.requests[i] = pos
         self._llr = {i: v for i, v in self._llr.items() if i in self.requests}   # converged or lost: freed
+        self.posts = [p if i in self.requests else None for i, p in enumerate(self.posts)]
         return list(self.pending)
 
     def _least_reliable(self, i: int) -> np.ndarray | None:
@@ -1024,7 +1070,9 @@ class BlindDecoder:
             _, _, llr, _, _ = self.bob._prepare(self.keys[i], msg, self.reveals[i], pad_bits=self.pads[i])
         self._llr[i] = (llr, len(self.reveals[i]))
         post = llr
-        if self.states is not None and self.states[i] is not None:
+        if self.posts[i] is not None:       # the kernel's own posteriors (= llr + sum of its messages)
+            post = self.posts[i]
+        elif self.states is not None and self.states[i] is not None:
             post = llr + np.bincount(code.edge_var, weights=self.states[i][:code.n_edges], minlength=code.n)
         rel = np.abs(post)
         rel[np.abs(llr) >= _SHORTENED_LLR] = np.inf       # shortened, padding, revealed: known
@@ -1114,7 +1162,9 @@ def decode_syndromes(code: LdpcCode, llrs: np.ndarray, syndromes: np.ndarray,
                      simd: bool = True, state: np.ndarray | None = None,
                      warm: bool = False, algorithm: str = DEFAULT_ALGORITHM, stall: int = 0,
                      alpha: float = MINSUM_ALPHA, beta: float = MINSUM_BETA,
-                     self_correct: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     self_correct: bool = True,
+                     post_out: np.ndarray | None = None,
+                     state_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode F frames of one code: llrs (F, n), syndromes (F, m) -> (words (F, n), converged (F,), iterations (F,)).
 
     With the C extension: the 16-frame AVX-512 kernel if ``simd`` and the CPU has AVX-512F, else the scalar
@@ -1127,6 +1177,11 @@ def decode_syndromes(code: LdpcCode, llrs: np.ndarray, syndromes: np.ndarray,
     more iterations once a few punctured values are revealed. Without the C extension ``state`` is ignored.
     ``algorithm="min-sum"``: the int16 min-sum kernels (32-frame AVX-512BW where available; ``alpha``, ``beta``
     (LLR units), ``self_correct``, ``stall`` as in the module docstring); ``state`` is then int16 (F, E).
+    ``post_out`` (C sum-product only, else left untouched): a float32 (F, n) array; the row of every frame that
+    did not converge receives its a-posteriori LLRs after the last iteration (blind mode's reliability requests).
+    ``state_rows`` (C sum-product only): frame i's messages are ``state[state_rows[i], :E]`` of a float32 (R, S)
+    array, S >= E, read and written in place (blind mode keeps every frame's messages in one array this way
+    instead of packing an (F, E) copy per round).
     """
     algorithm = _check_algorithm(algorithm)
     llrs = np.ascontiguousarray(llrs, dtype=np.float64)
@@ -1152,14 +1207,25 @@ def decode_syndromes(code: LdpcCode, llrs: np.ndarray, syndromes: np.ndarray,
         _cldpc.decode_many_ms(*args)
         return words, ok.astype(bool), iters
     if _cldpc is not None:
-        if state is not None:
+        if post_out is not None and (post_out.dtype != np.float32 or post_out.shape != (n_frames, code.n)
+                                     or not post_out.flags.c_contiguous):
+            raise ValueError(f"post_out: expected a C-contiguous float32 array of shape ({n_frames}, {code.n})")
+        if state is not None and state_rows is not None:
+            rows = np.ascontiguousarray(state_rows, dtype=np.int64)
+            if (state.dtype != np.float32 or state.ndim != 2 or state.shape[1] < code.n_edges
+                    or not state.flags.c_contiguous or rows.shape != (n_frames,)):
+                raise ValueError(f"state: expected a C-contiguous float32 (R, >= {code.n_edges}) array and "
+                                 f"{n_frames} state_rows")
+            _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
+                               bool(simd), state, bool(warm), 0, int(stall), post_out, rows, state.shape[1])
+        elif state is not None:
             if state.dtype != np.float32 or state.shape != (n_frames, code.n_edges) or not state.flags.c_contiguous:
                 raise ValueError(f"state: expected a C-contiguous float32 array of shape ({n_frames}, {code.n_edges})")
             _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
-                               bool(simd), state, bool(warm), 0, int(stall))
+                               bool(simd), state, bool(warm), 0, int(stall), post_out)
         else:
             _cldpc.decode_many(code.check_ptr, code.edge_var, llrs, syns, int(max_iterations), words, iters, ok,
-                               bool(simd), None, False, 0, int(stall))
+                               bool(simd), None, False, 0, int(stall), post_out)
         return words, ok.astype(bool), iters
     for i in range(n_frames):
         words[i], ok[i], iters[i] = decode_syndrome(code, llrs[i], syns[i], max_iterations)
