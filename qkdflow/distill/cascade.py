@@ -83,6 +83,8 @@ from typing import Generator
 
 import numpy as np
 
+from qkdflow.distill.entropy import binary_entropy  # noqa: F401 (also re-exported)
+
 __all__ = [
     "CascadeVariant",
     "VARIANTS",
@@ -99,15 +101,6 @@ __all__ = [
 _MAX_KEY_BITS = 2**31 - 1  # node heap indices (< 2^(depth+1)) must fit in uint32
 _MAX_PASSES = 65535  # pass indices travel as uint16
 _SCALAR_SEARCHES = 6  # at most this many open binary searches: pure-Python path (numpy call overhead dominates)
-
-
-def binary_entropy(p: float | np.ndarray) -> float | np.ndarray:
-    """h(p) = -p log2 p - (1-p) log2 (1-p), with h(0) = h(1) = 0."""
-    p = np.asarray(p, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -p * np.log2(p) - (1.0 - p) * np.log2(1.0 - p)
-    h = np.where((p <= 0.0) | (p >= 1.0), 0.0, h)
-    return float(h) if h.ndim == 0 else h
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ from typing import Sequence
 
 import numpy as np
 
+from qkdflow.distill.entropy import binary_entropy  # noqa: F401 (also re-exported)
 from qkdflow.distill.ldpc_codes import (
     DE_THRESHOLDS,
     TABLE_RATES,
@@ -200,13 +201,6 @@ def _known_llr(bits: np.ndarray) -> np.ndarray:
     """LLRs of symbols whose values are public (shortened, revealed): +-_SHORTENED_LLR for 0 / 1."""
     return _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * np.asarray(bits, dtype=np.float64)
 _PHI_MIN, _PHI_MAX = 1.0e-12, 40.0
-
-
-def binary_entropy(q: float) -> float:
-    """h(q) = -q log2 q - (1-q) log2(1-q)."""
-    if q <= 0.0 or q >= 1.0:
-        return 0.0
-    return float(-q * math.log2(q) - (1 - q) * math.log2(1 - q))
 
 
 # --------------------------------------------------------------------------------------------- messages

@@ -48,6 +48,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from qkdflow.distill.entropy import binary_entropy  # noqa: F401 (also re-exported)
 from qkdflow.runtime.block import Block, BlockError, Frame, Message, Stream
 from qkdflow.runtime.params import Param
 
@@ -534,12 +535,6 @@ def key_length(n_x, n_z, m_z, source: Mapping, eps_sec: float, eps_cor: float, l
     from qkdflow.physics.finite_key import lim2014_key_length
     return lim2014_key_length(np.asarray(n_x, float), np.asarray(n_z, float), np.asarray(m_z, float),
                               source["intensities"], source["probabilities"], eps_sec, eps_cor, float(leak_bits))
-
-
-def binary_entropy(p: float) -> float:
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return float(-p * np.log2(p) - (1 - p) * np.log2(1 - p))
 
 
 class BlockSizeMixin:
