@@ -25,6 +25,10 @@ class ReconcileAau(AauHalf):
     """Error correction, AAU half: Cascade parity answers or LDPC syndromes, exact leak accounting."""
 
     stage = "ec"
+    # Cascade's and blind LDPC's round trips go with deferred tags: one tag each way per block, on done / done_ok,
+    # which must arrive tagged before the key moves on (runtime.auth, protocol.Half.deferred_types)
+    deferred_types = frozenset(("reply", "reveals"))
+    peer_deferred_types = frozenset(("request", "reveal_request"))
     config_fields = METHOD_FIELDS
     params = METHOD_PARAMS + (
         Param("ldpc_seed", int, None, doc="seed of the LDPC punctured bits (default: OS entropy)", low=0),

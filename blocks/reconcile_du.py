@@ -80,6 +80,10 @@ class ReconcileDu(DuHalf):
     """Error correction, DU half: drives Cascade or decodes LDPC syndromes; leak counted exactly."""
 
     stage = "ec"
+    # Cascade's and blind LDPC's round trips go with deferred tags: one tag each way per block, on done / done_ok,
+    # which must arrive tagged before the key moves on (runtime.auth, protocol.Half.deferred_types)
+    deferred_types = frozenset(("request", "reveal_request"))
+    peer_deferred_types = frozenset(("reply", "reveals"))
     config_fields = METHOD_FIELDS
     params = METHOD_PARAMS + (
         Param("seed", int, 0, doc="public seed of Cascade's shuffles (mixed with the block number)", low=0),

@@ -29,6 +29,12 @@ class SiftAau(BlockSizeMixin, Half):
     """Sifting, AAU half: basis match, decoy-class announcement and test-basis bits for the DU's clicks."""
 
     stage = "sift"
+    # chunk / sifted go with deferred tags (runtime.auth): the next cut (DU -> AAU) and cut_ok (AAU -> DU) carry the
+    # one tag that covers them, and a block moves on only at those. Everything an answer discloses (matches, the
+    # intensity classes and test-basis bits of matched slots) is public by the protocol; a forged chunk could only
+    # make the AAU disclose them for slots an attacker names, after detection, and the cut's tag then fails.
+    deferred_types = frozenset(("sifted",))
+    peer_deferred_types = frozenset(("chunk",))
     side = "aau"
     has_prev = False
     inputs = (Stream("prep", PREP_DTYPE, doc="Alice's choices (descriptor in meta['prep'])"),
@@ -81,6 +87,7 @@ class SiftAau(BlockSizeMixin, Half):
         if self._fatal is not None:  # configuration mismatch: about to fail
             return
         t, bid, num, seq = parse(msg, "sift")
+        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError("sift: second hello from the DU")
@@ -121,7 +128,7 @@ class SiftAau(BlockSizeMixin, Half):
             match = basis == bases
             self._send_raw(envelope("sift", "sifted", "", 0, seq, match=pack_bits(match),
                                     cls=np.ascontiguousarray(cls[match]),
-                                    test_bits=np.ascontiguousarray(bit[match & (basis == 1)])))
+                                    test_bits=np.ascontiguousarray(bit[match & (basis == 1)]), _auth="defer"))
             for k, v in (("slot", slots[match]), ("basis", basis[match]), ("bit", bit[match]),
                          ("cls", cls[match])):
                 self._fifo[k].append(v)

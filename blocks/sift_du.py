@@ -63,6 +63,12 @@ class SiftDu(BlockSizeMixin, Half):
     """Sifting, DU half: squash, announce detections, receive match/decoy/test-bit answers, cut key blocks."""
 
     stage = "sift"
+    # chunk / sifted go with deferred tags (runtime.auth): the next cut (DU -> AAU) and cut_ok (AAU -> DU) carry the
+    # one tag that covers them, and a block moves on only at those. Everything an answer discloses (matches, the
+    # intensity classes and test-basis bits of matched slots) is public by the protocol; a forged chunk could only
+    # make the AAU disclose them for slots an attacker names, after detection, and the cut's tag then fails.
+    deferred_types = frozenset(("chunk",))
+    peer_deferred_types = frozenset(("sifted",))
     side = "du"
     has_prev = False
     params = BlockSizeMixin.params + (
@@ -105,7 +111,7 @@ class SiftDu(BlockSizeMixin, Half):
             self.count("double_clicks", int(double.sum()))
             self.count("cross_basis_clicks", int(cross.sum()))
             self._outstanding.append((slots, basis, bit))
-            self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, slots=slots, bases=basis))
+            self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, slots=slots, bases=basis, _auth="defer"))
             self._chunk_seq += 1
             self._chunks_since_cut += 1
         return {"sync": self.pass_sync(f)}
@@ -118,6 +124,7 @@ class SiftDu(BlockSizeMixin, Half):
     # ---- peer ----
     def _on_peer_raw(self, msg: dict) -> None:
         t, bid, num, seq = parse(msg, "sift")
+        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError("sift: second hello from the AAU")

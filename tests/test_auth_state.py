@@ -135,3 +135,66 @@ def test_second_run_continues_after_the_first(tmp_path, ports):
         marks.append(s.marks["send:" + ALICE_TO_BOB])
         s.close()
     assert marks[1] > marks[0]  # the second run's pads start beyond the first run's lease
+
+
+# ---- deferred tags: one tag covers the transcript of the messages sent without one before it ----
+
+def _transcript_words(msgs):
+    from qkdflow.runtime.auth import TRANSCRIPT_WORD, _words
+    out = [np.array([TRANSCRIPT_WORD], dtype=np.uint64)]
+    for seq, parts in msgs:
+        w = _words(seq, b"x->y\0", parts)
+        out += [np.array([w.size], dtype=np.uint64), w]
+    out.append(np.array([len(msgs)], dtype=np.uint64))
+    return np.concatenate(out)
+
+
+def _deferred_run(tmp_path):
+    a, b = _pair(tmp_path)
+    tx, rx = _edge(a, True), _edge(b, False)
+    msgs = [(seq, [f"request {seq}".encode() * (seq + 1), bytes([seq]) * 100]) for seq in range(6)]
+    tags = [tx.tag(parts, seq, defer=seq < 5) for seq, parts in msgs]
+    return tx, rx, msgs, tags
+
+
+def test_deferred_messages_cost_no_pad_and_the_next_tag_covers_them(tmp_path):
+    from qkdflow.runtime.auth import DEFER_MARK
+    tx, rx, msgs, tags = _deferred_run(tmp_path)
+    assert tags[:5] == [DEFER_MARK] * 5 and len(tags[5]) == 20
+    assert (tx.tags, tx.deferred) == (1, 5)
+    assert [rx.verify(parts, seq, tag) for (seq, parts), tag in zip(msgs, tags)] == [False] * 5 + [True]
+    assert (rx.tags, rx.deferred) == (1, 5)
+    # the incremental (Horner) transcript hash is the polynomial hash of the documented word string
+    tx2 = _edge(_pair(tmp_path / "again")[0], True)
+    for seq, parts in msgs[:5]:
+        tx2.tag(parts, seq, defer=True)
+    from qkdflow.runtime.auth import _words
+    assert tx2._digest(_words(5, b"x->y\0", msgs[5][1])) == tx2._hash.hash(_transcript_words(msgs))[0]
+    # after the tag the edge starts afresh: the next message alone, hashed as a single message
+    nxt = [b"next"]
+    assert rx.verify(nxt, 6, tx.tag(nxt, 6))
+
+
+@pytest.mark.parametrize("attack", ["alter", "drop", "swap", "insert", "strip tag"])
+def test_an_altered_dropped_reordered_or_inserted_deferred_message_fails_the_next_tag(tmp_path, attack):
+    tx, rx, msgs, tags = _deferred_run(tmp_path)
+    seen = list(zip(msgs, tags))
+    if attack == "alter":
+        (seq, parts), tag = seen[2]
+        seen[2] = ((seq, [parts[0][:-1] + b"X", parts[1]]), tag)
+    elif attack == "drop":
+        del seen[3]
+    elif attack == "swap":
+        seen[1], seen[2] = seen[2], seen[1]
+    elif attack == "insert":
+        seen.insert(4, ((4, [b"forged"]), seen[0][1]))
+    else:                               # the genuine tag replaced by the deferral mark, then the next one tagged
+        from qkdflow.runtime.auth import DEFER_MARK
+        seen[5] = (seen[5][0], DEFER_MARK)
+        nxt = [b"next"]
+        seen.append(((6, nxt), tx.tag(nxt, 6)))
+    for (seq, parts), tag in seen[:-1]:
+        assert rx.verify(parts, seq, tag) is False
+    (seq, parts), tag = seen[-1]
+    with pytest.raises(AuthFailure, match="tag mismatch.*deferred messages before it"):
+        rx.verify(parts, seq, tag)

@@ -390,3 +390,27 @@ def test_ldpc_reveal_mismatch_fails_naming_both_values():
     with pytest.raises(BlockError, match=r"ldpc_reveal is 'order' at the DU but 'reliability' at the AAU"):
         Pair(ReconcileAau("ea", method="ldpc", ldpc_code_bits=256),
              ReconcileDu("ed", method="ldpc", ldpc_code_bits=256, ldpc_reveal="order"))
+
+
+def test_only_the_declared_exchanges_may_arrive_with_deferred_tags():
+    """The transport marks a message that came with a deferred tag (runtime.auth) "_auth": "deferred". Cascade's
+    request/reply may (done/done_ok's tags cover them before the key moves on); done_ok arriving so means its tag
+    was stripped on the way: the run stops and no key leaves."""
+    def deliver_deferred(types):
+        def tamper(msg):
+            return dict(msg, _auth="deferred") if msg.get("type") in types else msg
+        return tamper
+
+    pair, a, b = _ec_pair()
+    assert "request" in pair.du.deferred_types and "reply" in pair.aau.deferred_types
+    pair.aau.handle("key", key_msg(1, a, {"num": 1}))
+    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": 0.02}))
+    pair.run(deliver_deferred({"request", "reply"}))
+    np.testing.assert_array_equal(unpack_bits(pair.keys("du")[0]["bits"], pair.keys("du")[0]["n_bits"]), a)
+
+    pair, a, b = _ec_pair()
+    pair.aau.handle("key", key_msg(1, a, {"num": 1}))
+    pair.du.handle("key", key_msg(1, b, {"num": 1, "qber_estimate": 0.02}))
+    with pytest.raises(BlockError, match="'done_ok' from the AAU arrived without its authentication tag"):
+        pair.run(deliver_deferred({"done_ok"}))
+    assert not pair.keys("du")

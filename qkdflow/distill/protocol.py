@@ -160,6 +160,13 @@ class Half(Block):
     config_fields: ClassVar[tuple[str, ...]] = ()
     has_prev: ClassVar[bool] = True    # receives key blocks on "key"
     has_next: ClassVar[bool] = True    # emits key blocks on "key"
+    # Deferred authentication (qkdflow.runtime.auth): message types this half sends without a tag of their own
+    # (covered by the edge's next tagged message), and the types it accepts so from its peer. Every other type
+    # must arrive tagged. A half may defer only messages whose exchange ends in tagged messages both ways before
+    # anything derived from them leaves the stage (reconcile: Cascade's request/reply and blind LDPC's
+    # reveal_request/reveals, closed by done/done_ok).
+    deferred_types: ClassVar[frozenset] = frozenset()
+    peer_deferred_types: ClassVar[frozenset] = frozenset()
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,11 +237,20 @@ class Half(Block):
     def report(self) -> dict:
         return {"busy_s": round(self._busy_s, 6)}
 
+    def _check_tagged(self, t: str, msg: dict) -> None:
+        """A peer message the transport delivered unauthenticated (deferred tag) must be of a deferrable type:
+        a genuine peer tags every other one, so this is an attack on the channel and the run stops."""
+        if msg.get("_auth") == "deferred" and t not in self.peer_deferred_types:
+            peer = "DU" if self.side == "aau" else "AAU"
+            raise BlockError(f"{self.stage}: {t!r} from the {peer} arrived without its authentication tag")
+
     # ---- sending -----------------------------------------------------------------------------------
     def _send_raw(self, msg: dict) -> None:
         self.emit("peer", msg)
 
     def send_peer(self, blk: KeyBlock, type_: str, **payload: Any) -> None:
+        if type_ in self.deferred_types:
+            payload["_auth"] = "defer"
         self._send_raw(envelope(self.stage, type_, blk.id, blk.num, blk.seq_out, **payload))
         blk.seq_out += 1
         blk.msgs += 1
@@ -370,6 +386,7 @@ class DuHalf(Half):
     # --- from the AAU ---
     def _on_peer_raw(self, msg: dict) -> None:
         t, bid, num, seq = parse(msg, self.stage)
+        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError(f"{self.stage}: second hello from the AAU")
@@ -479,6 +496,7 @@ class AauHalf(Half):
         if self._fatal is not None:  # configuration mismatch: about to fail
             return
         t, bid, num, seq = parse(msg, self.stage)
+        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError(f"{self.stage}: second hello from the DU")

@@ -18,6 +18,21 @@ volatile state for throw-away demos: it restarts from the pre-shared key every r
 A message that fails verification is not delivered: the run stops with a message naming the edge, and nothing
 half-written remains in the key stores (their two-phase commit). A sender whose pads are spent waits up to
 ``POOL_WAIT_S`` for replenishment, then fails with a clear message.
+
+Deferred tags (transcript authentication). A block may send a message with ``"_auth": "defer"`` in it (stripped
+before it goes on the wire): it then carries the one-byte mark ``DEFER_MARK`` instead of a tag, costs no pad, and is
+delivered to the receiving block with ``"_auth": "deferred"`` -- not yet authenticated. The edge's next tagged
+message authenticates, with one tag, the whole transcript since the previous tag: the words
+``TRANSCRIPT_WORD, (length_i, words_i of message i)..., count`` over every deferred message and itself, in sequence
+order (a single message with nothing deferred before it hashes exactly as above), evaluated incrementally by
+Horner's rule as the messages pass, so a transcript costs no memory. A forged, altered, dropped,
+inserted or reordered deferred message makes that tag fail: the run stops as for any failed tag. The polynomial
+hash's collision bound grows with the transcript's length L in 61-bit words: eps <= L / (2^61 - 1) per tag (about
+4e-14 for a 10^6-bit block's Cascade transcript, 8.5e4 words). So one tag per direction can cover a whole
+interactive exchange (AIT's qkd-auth does this per key block: Mink et al. / the AIT R10 docs, and
+``../shared/reference/postprocessing.md``), provided the receiving block lets nothing it derived from deferred
+messages leave before a tagged message closes them: ``qkdflow.distill.protocol`` halves declare which message types
+may be deferred (``deferred_types``); every other type must arrive tagged, or the block aborts.
 """
 from __future__ import annotations
 
@@ -31,6 +46,10 @@ import numpy as np
 # node with authenticated edges: ~17 ms of start-up saved for every other node process
 
 POOL_WAIT_S = 30.0
+#: The tag part of a message whose authentication is deferred to the edge's next tagged message.
+DEFER_MARK = b"D"
+#: First word of a transcript of several messages (above any sequence number a message starts with, below 2^61 - 1).
+TRANSCRIPT_WORD = (1 << 60) + 0x7153
 #: How long a receiver waits for key material a tag names but this end does not hold yet.
 ENTRY_WAIT_S = 5.0
 TAG_BYTES = 8 + 4 + 8
@@ -59,14 +78,42 @@ class EdgeAuth:
         self._label = label.encode() + b"\0"
         self._hash = _PolyKey(np.array([state.hash_keys[direction]], dtype=np.uint64))
         self.tags = 0
+        self.deferred = 0
+        # the deferred messages since the last tag: how many, and the hash of their transcript so far (None: none)
+        self._n_pending = 0
+        self._acc: int | None = None
         self.lock = threading.Lock()
 
-    def _value(self, seq: int, parts: list, pad: int) -> bytes:
+    def _extend(self, acc: int, seg: np.ndarray) -> int:
+        """Horner's rule over a further segment: hash(prefix + seg) from hash(prefix)."""
         from qkdflow.distill.verify import P61
-        return ((self._hash.hash(_words(seq, self._label, parts))[0] + pad) % P61).to_bytes(8, "big")
+        k = int(self._hash.keys[0])
+        return (acc * pow(k, int(seg.size), P61) + self._hash.hash(seg)[0]) % P61
 
-    def tag(self, parts: list, seq: int) -> bytes:
+    def _defer(self, words: np.ndarray) -> None:
+        acc = self._acc if self._acc is not None else self._hash.hash(np.array([TRANSCRIPT_WORD], dtype=np.uint64))[0]
+        self._acc = self._extend(acc, np.concatenate([np.array([words.size], dtype=np.uint64), words]))
+        self._n_pending += 1
+        self.deferred += 1
+
+    def _digest(self, words: np.ndarray) -> int:
+        """The hash one tag covers: this message's words, or the transcript of the deferred ones and this one."""
+        if self._acc is None:
+            return self._hash.hash(words)[0]
+        tail = np.concatenate([np.array([words.size], dtype=np.uint64), words,
+                               np.array([self._n_pending + 1], dtype=np.uint64)])
+        return self._extend(self._acc, tail)
+
+    def _value(self, words: np.ndarray, pad: int) -> bytes:
+        from qkdflow.distill.verify import P61
+        return ((self._digest(words) + pad) % P61).to_bytes(8, "big")
+
+    def tag(self, parts: list, seq: int, defer: bool = False) -> bytes:
         from qkdflow.distill.auth import KeyPoolExhausted
+        if defer:
+            with self.lock:
+                self._defer(_words(seq, self._label, parts))
+            return DEFER_MARK
         deadline = time.monotonic() + POOL_WAIT_S
         while True:
             try:
@@ -83,9 +130,17 @@ class EdgeAuth:
                 time.sleep(0.01)
         with self.lock:
             self.tags += 1
-            return key + off.to_bytes(4, "big") + self._value(seq, parts, pad)
+            value = self._value(_words(seq, self._label, parts), pad)
+            self._acc, self._n_pending = None, 0
+            return key + off.to_bytes(4, "big") + value
 
-    def verify(self, parts: list, seq: int, tag: bytes) -> None:
+    def verify(self, parts: list, seq: int, tag: bytes) -> bool:
+        """Check a message's tag; True if it is authenticated now (with every deferred message before it), False
+        for a deferred message (``DEFER_MARK``: to be covered by the edge's next tag). Raises AuthFailure."""
+        if tag == DEFER_MARK:
+            with self.lock:
+                self._defer(_words(seq, self._label, parts))
+            return False
         if len(tag) != TAG_BYTES:
             raise AuthFailure(f"edge {self.label}: authentication failed (tag of {len(tag)} bytes, expected "
                               f"{TAG_BYTES}); the message was not delivered and the run stops")
@@ -105,12 +160,16 @@ class EdgeAuth:
                 time.sleep(0.01)
         import hmac  # here: _hashlib costs ~7 ms of every node's start-up, authenticated or not
 
-        if not hmac.compare_digest(self._value(seq, parts, pad), tag[12:]):
+        covered = self._n_pending
+        if not hmac.compare_digest(self._value(_words(seq, self._label, parts), pad), tag[12:]):
+            what = f" or one of the {covered} deferred messages before it" if covered else ""
             raise AuthFailure(f"edge {self.label}: authentication failed (tag mismatch: forged, altered or "
-                              "replayed message); the message was not delivered and the run stops")
+                              f"replayed message{what}); the message was not delivered and the run stops")
         self.state.accept(self.label, end)
         with self.lock:
             self.tags += 1
+            self._acc, self._n_pending = None, 0
+        return True
 
 
 class NodeAuth:
@@ -186,4 +245,5 @@ def authenticated_edges(graph) -> list:
     return out
 
 
-__all__ = ["AuthFailure", "EdgeAuth", "NodeAuth", "authenticated_edges", "default_state_path", "POOL_WAIT_S"]
+__all__ = ["AuthFailure", "DEFER_MARK", "EdgeAuth", "NodeAuth", "authenticated_edges", "default_state_path",
+           "POOL_WAIT_S"]

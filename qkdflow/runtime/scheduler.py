@@ -376,6 +376,10 @@ class NodeRunner:
                  "messages_in": s.messages_in, "messages_out": s.messages_out, "work_s": round(s.work_s, 6),
                  "run_s": round(s.run_s, 6)}
             d.update(r.block.counters)
+            tagged = [x.auth for xs in r.senders.values() for x in xs if getattr(x, "auth", None) is not None]
+            if tagged:   # authenticated peer edges: tags sent (one pad each) and messages sent with deferred tags
+                d["auth_tags_out"] = sum(a.tags for a in tagged)
+                d["auth_deferred_out"] = sum(a.deferred for a in tagged)
             try:
                 d.update(r.block.report())
             except Exception as e:  # a report must never hide the run's result

@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 
 from . import liveness, wire
+from .auth import AuthFailure
 from .block import Frame
 
 POLL_MS = 50
@@ -105,7 +106,11 @@ class EdgeSender:
         return parts
 
     def message_parts(self, msg: dict) -> list:
-        return self._numbered(self._tagged(wire.encode_message(self.seq, msg)))
+        defer = False
+        if "_auth" in msg:   # the block's request for a deferred tag (runtime.auth): never on the wire itself
+            defer = msg["_auth"] == "defer"
+            msg = {k: v for k, v in msg.items() if k != "_auth"}
+        return self._numbered(self._tagged(wire.encode_message(self.seq, msg), defer))
 
     def eos_parts(self) -> list:
         self.ended = True
@@ -155,10 +160,10 @@ class EdgeSender:
     def send_eos(self) -> None:
         self._send(self.eos_parts())
 
-    def _tagged(self, parts: list) -> list:
+    def _tagged(self, parts: list, defer: bool = False) -> list:
         if self.auth is None:
             return parts
-        return parts + [self.auth.tag(parts, self.seq)]
+        return parts + [self.auth.tag(parts, self.seq, defer)]
 
     def close(self, linger_ms: int | None = None) -> None:
         if linger_ms is not None:
@@ -233,10 +238,14 @@ class EdgeReceiver:
                 parts.append(p)
                 if not (sock.getsockopt(_RCVMORE) if copy else p.more):
                     break
+        verified = None
         if self.auth is not None:
             if kind == wire.DATA or len(parts) < 2:
                 raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
-            self.auth.verify([head] + [bytes(p) for p in parts[1:-1]], seq, bytes(parts[-1]))
+            verified = self.auth.verify([head] + [bytes(p) for p in parts[1:-1]], seq, bytes(parts[-1]))
+            if not verified and kind == wire.EOS:
+                raise AuthFailure(f"edge {self.label}: end of stream without its authentication tag; the run "
+                                       "stops")
             parts = parts[:-1]
         self.expect += 1
         if kind == wire.EOS:
@@ -249,7 +258,13 @@ class EdgeReceiver:
                 if len(parts) != 2:
                     raise wire.WireError(f"data frame with {len(parts)} parts")
                 return kind, wire.decode_frame(start, stop, trailer, bufs[0], self.dtype)
-            return kind, wire.decode_message(trailer, bufs)
+            msg = wire.decode_message(trailer, bufs)
+            if isinstance(msg, dict):   # whether the tag authenticated it (runtime.auth): set here, never by a peer
+                if verified is False:
+                    msg["_auth"] = "deferred"
+                else:
+                    msg.pop("_auth", None)
+            return kind, msg
         except wire.WireError as e:
             raise wire.WireError(f"edge {self.label}: {e}") from None
 
