@@ -152,6 +152,7 @@ def _transcript_words(msgs):
 def _deferred_run(tmp_path):
     a, b = _pair(tmp_path)
     tx, rx = _edge(a, True), _edge(b, False)
+    rx.accept_deferred = True          # as EdgeReceiver sets it for a block with peer_deferred_types
     msgs = [(seq, [f"request {seq}".encode() * (seq + 1), bytes([seq]) * 100]) for seq in range(6)]
     tags = [tx.tag(parts, seq, defer=seq < 5) for seq, parts in msgs]
     return tx, rx, msgs, tags
@@ -198,3 +199,13 @@ def test_an_altered_dropped_reordered_or_inserted_deferred_message_fails_the_nex
     (seq, parts), tag = seen[-1]
     with pytest.raises(AuthFailure, match="tag mismatch.*deferred messages before it"):
         rx.verify(parts, seq, tag)
+
+
+def test_a_message_without_its_tag_into_a_block_that_takes_none_fails(tmp_path):
+    """Only blocks that declare deferrable message types get untagged messages; into any other block (key stores,
+    verification, ...) stripping a tag is an authentication failure at once, never a delivery."""
+    from qkdflow.runtime.auth import DEFER_MARK
+    _, b = _pair(tmp_path)
+    rx = _edge(b, False)
+    with pytest.raises(AuthFailure, match="without its tag, into a block that takes none"):
+        rx.verify([b"commit"], 0, DEFER_MARK)

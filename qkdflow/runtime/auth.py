@@ -21,7 +21,9 @@ half-written remains in the key stores (their two-phase commit). A sender whose 
 
 Deferred tags (transcript authentication). A block may send a message with ``"_auth": "defer"`` in it (stripped
 before it goes on the wire): it then carries the one-byte mark ``DEFER_MARK`` instead of a tag, costs no pad, and is
-delivered to the receiving block with ``"_auth": "deferred"`` -- not yet authenticated. The edge's next tagged
+delivered to the receiving block with ``"_auth": "deferred"`` -- not yet authenticated -- and only into a block
+that declares which of its message types may come so (``peer_deferred_types``; into any other block a message
+without its tag is an authentication failure). The edge's next tagged
 message authenticates, with one tag, the whole transcript since the previous tag: the words
 ``TRANSCRIPT_WORD, (length_i, words_i of message i)..., count`` over every deferred message and itself, in sequence
 order (a single message with nothing deferred before it hashes exactly as above), evaluated incrementally by
@@ -79,6 +81,7 @@ class EdgeAuth:
         self._hash = _PolyKey(np.array([state.hash_keys[direction]], dtype=np.uint64))
         self.tags = 0
         self.deferred = 0
+        self.accept_deferred = False   # receiver: set by the edge's receiving end (its block takes deferred messages)
         # the deferred messages since the last tag: how many, and the hash of their transcript so far (None: none)
         self._n_pending = 0
         self._acc: int | None = None
@@ -138,6 +141,9 @@ class EdgeAuth:
         """Check a message's tag; True if it is authenticated now (with every deferred message before it), False
         for a deferred message (``DEFER_MARK``: to be covered by the edge's next tag). Raises AuthFailure."""
         if tag == DEFER_MARK:
+            if not self.accept_deferred:
+                raise AuthFailure(f"edge {self.label}: authentication failed (a message without its tag, into a block "
+                                  "that takes none); the message was not delivered and the run stops")
             with self.lock:
                 self._defer(_words(seq, self._label, parts))
             return False

@@ -58,7 +58,8 @@ class CoopBlock:
         n = self.node
         for e in self.in_edges:
             self.receivers[e.index] = EdgeReceiver(n.ctx, e.address, True, e.queue_frames, e.dtype, e.label,
-                                                   auth=n.auth.by_edge.get(e.index), curve=n.curve.server(e))
+                                                   auth=n.auth.by_edge.get(e.index), curve=n.curve.server(e),
+                                                   accept_deferred=bool(getattr(self.block, "peer_deferred_types", ())))
 
     def connect(self) -> None:
         n = self.node

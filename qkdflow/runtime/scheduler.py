@@ -121,7 +121,8 @@ class BlockRunner(threading.Thread):
         for e in self.in_edges:  # receivers always bind, senders connect (any start order works)
             self.receivers[e.index] = EdgeReceiver(ctx, e.address, True, e.queue_frames, e.dtype, e.label,
                                                    auth=self.node.auth.by_edge.get(e.index),
-                                                   curve=self.node.curve.server(e))
+                                                   curve=self.node.curve.server(e),
+                                                   accept_deferred=bool(getattr(self.block, "peer_deferred_types", ())))
 
     def _connect(self) -> None:
         ctx, stop = self.node.ctx, self.node.stop

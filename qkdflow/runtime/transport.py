@@ -175,7 +175,7 @@ class EdgeReceiver:
     """The consuming end of one edge; checks sequence numbers."""
 
     def __init__(self, ctx: zmq.Context, address: str, bind: bool, queue_frames: int, dtype: np.dtype | None,
-                 label: str, auth=None, curve: tuple | None = None) -> None:
+                 label: str, auth=None, curve: tuple | None = None, accept_deferred: bool = False) -> None:
         self.sock = ctx.socket(zmq.PULL)
         if curve is not None:  # (own public, own secret): CURVE server; clients checked by the node's authenticator
             self.sock.curve_publickey, self.sock.curve_secretkey = curve
@@ -191,6 +191,8 @@ class EdgeReceiver:
         self.label = label
         self.ended = False
         self.auth = auth
+        if auth is not None:   # deferred tags only into a block that declares which of its messages may have them
+            auth.accept_deferred = accept_deferred
         self._big = False
         self._inproc = address.startswith("inproc://")  # the peer is this process's own EdgeSender
         self._trailer_cache: dict = {}
