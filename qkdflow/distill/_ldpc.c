@@ -40,6 +40,8 @@
 #define PF_CHECKS 2                       /* streaming kernel: prefetch distance in mean check degrees */
 #define PF_EDGES_MIN 16                   /* ... clamped to [PF_EDGES_MIN, PF_EDGES_MAX] edges */
 #define PF_EDGES_MAX 256
+#define ROW_LANES 4                       /* streaming kernel: lanes loaded / saved together from which a whole-row
+                                           * vector step beats element-by-element copies (measured at n = 1e5) */
 #define MSG_PF_EDGES 256                  /* streaming kernel: message-stream prefetch distance in edges (64-1024:
                                            * the same speed, measured) */
 
@@ -734,9 +736,20 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             /* per variable (per edge below): the new lanes' values gathered into one row, then one masked vector
              * store / add; the other lanes' entries of buf are stale and masked off */
             const __mmask16 nm = (__mmask16)newl;
+            const int rows = nnew >= ROW_LANES;   /* few lanes (the usual refill): element by element is cheaper */
             float buf[W] __attribute__((aligned(64)));
             memset(buf, 0, sizeof buf);
             for (int64_t v = 0; v < n; v++) {
+                if (!rows) {
+                    uint32_t h = hard[v] & ~newl;
+                    for (int j = 0; j < nnew; j++) {
+                        float x = (float)src[j][v];
+                        post[v * W + lanes[j]] = x;
+                        h |= sign_bit(x) << lanes[j];
+                    }
+                    hard[v] = (uint16_t)h;
+                    continue;
+                }
                 for (int j = 0; j < nnew; j++) buf[lanes[j]] = (float)src[j][v];
                 __m512 x = _mm512_load_ps(buf);
                 _mm512_mask_store_ps(post + v * W, nm, x);
@@ -756,6 +769,13 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                 for (int j = 0; j < nnew; j++) sf[j] = srow[lane_f[lanes[j]]];
                 for (int64_t e = 0; e < n_edges; e++) {
                     float *pv = post + (int64_t)ev[e] * W;
+                    if (!rows) {
+                        for (int j = 0; j < nnew; j++) {
+                            c2v_set(c2v, e, lanes[j], f16, sf[j][e]);
+                            pv[lanes[j]] += c2v_get(c2v, e, lanes[j], f16, W);
+                        }
+                        continue;
+                    }
                     for (int j = 0; j < nnew; j++) buf[lanes[j]] = sf[j][e];
                     __m512 x = _mm512_load_ps(buf);
                     if (f16) {          /* rounded as the kernel stores it; the other lanes' rows kept exactly */
@@ -821,7 +841,10 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
             }
             fin |= 1u << l;
         }
-        if (nsave) {                  /* every lane to save in one sweep over the messages, a row at a time */
+        if (nsave && nsave < ROW_LANES) {   /* every lane to save in one sweep over the messages */
+            for (int64_t e = 0; e < n_edges; e++)
+                for (int j = 0; j < nsave; j++) save_to[j][e] = c2v_get(c2v, e, save_l[j], f16, ws);
+        } else if (nsave) {                /* ... a row at a time */
             float buf[W] __attribute__((aligned(64)));
             for (int64_t e = 0; e < n_edges; e++) {
                 if (ws == W)
