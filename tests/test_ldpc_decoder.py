@@ -311,15 +311,16 @@ def test_stall_must_not_be_negative(frames):
 ALL_KERNELS = [(False, 0), (True, 1), (True, 2), (True, 3)]     # (simd, kernel): scalar, stream f16/f32, group
 
 
-def _decode_io(code, llr, syn, simd, kernel, max_iter, state=None, warm=False, post=None, rows=None, stride=0):
+def _decode_io(code, llr, syn, simd, kernel, max_iter, state=None, warm=False, post=None, rows=None, stride=0,
+               post_in=None, post_ok=None):
     f = llr.shape[0]
     words = np.empty((f, code.n), np.uint8)
     iters = np.zeros(f, np.int64)
     ok = np.zeros(f, np.uint8)
     args = [code.check_ptr, code.edge_var, np.ascontiguousarray(llr), np.ascontiguousarray(syn), max_iter, words,
             iters, ok, simd, state, warm, kernel, 0, post]
-    if rows is not None:
-        args += [np.ascontiguousarray(rows, np.int64), stride]
+    if rows is not None or post_in is not None or post_ok is not None:
+        args += [None if rows is None else np.ascontiguousarray(rows, np.int64), stride, post_in, post_ok]
     _c.decode_many(*args)
     return words, ok.astype(bool), iters
 
@@ -382,3 +383,29 @@ def test_state_rows_and_post_out_are_checked(frames):
         _decode_io(code, llr[:4], syn[:4], True, 0, 3, rows=[0, 1, 2, 3], stride=code.n_edges)
     with pytest.raises(ValueError, match="post_out"):
         _decode_io(code, llr[:4], syn[:4], True, 0, 3, post=np.zeros((3, code.n), np.float32))
+
+
+@needs_stream
+@pytest.mark.parametrize("kernel", STREAM_KERNELS)
+def test_warm_restart_from_posteriors_matches_the_restart_from_messages(frames, kernel):
+    """post_in: a warm frame resumes from its last attempt's posteriors (post_out) instead of llr + the sum of its
+    saved messages. Equal up to float rounding, so the same frames converge, to the same words, in about as many
+    iterations; frames without the flag take the sum."""
+    code, x, llr, syn = frames
+    sel = np.flatnonzero(np.isin(QBERS, (0.06, 0.07)))[:12]
+    state = np.zeros((sel.size, code.n_edges), np.float32)
+    post = np.zeros((sel.size, code.n), np.float32)
+    _, ok1, _ = _decode_io(code, llr[sel], syn[sel], True, kernel, 4, state=state, post=post)
+    assert not ok1.any()
+    ref = _decode_io(code, llr[sel], syn[sel], True, kernel, MAX_ITER, state=state.copy(), warm=True)
+    flags = np.arange(sel.size) % 3 != 0                  # a third of the frames take the sum
+    w, ok, it = _decode_io(code, llr[sel], syn[sel], True, kernel, MAX_ITER, state=state.copy(), warm=True,
+                           post_in=post, post_ok=flags.astype(np.uint8))
+    assert ok.all() and ref[1].all() and np.array_equal(w, x[sel]) and np.array_equal(ref[0], w)
+    assert np.array_equal(it[~flags], ref[2][~flags])     # the sum path is untouched
+    assert np.all(np.abs(it - ref[2]) <= 2)
+    with pytest.raises(ValueError, match="post_in and post_ok"):
+        _decode_io(code, llr[sel], syn[sel], True, kernel, 3, state=state.copy(), warm=True, post_in=post)
+    with pytest.raises(ValueError, match="post_in must hold"):
+        _decode_io(code, llr[sel], syn[sel], True, kernel, 3, state=state.copy(), warm=True, post_in=post[:3],
+                   post_ok=flags.astype(np.uint8)[:3])

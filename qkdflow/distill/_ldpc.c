@@ -695,7 +695,7 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                             const uint8_t *syn, int64_t F, long max_iter, uint8_t *words, int64_t *iters,
                             uint8_t *oks, float *post, void *c2v, float *tmp, float *pre, float *phs,
                             uint16_t *synm, uint16_t *hard, float *const *srow, int warm, int f16, int32_t *unsat_list,
-                            long stall, float *post_out)
+                            long stall, float *post_out, const float *post_in, const uint8_t *post_ok)
 {
     const int64_t n_edges = ptr[m];
     const int pfe = stream_pf_edges(n_edges, m);
@@ -720,6 +720,8 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
         uint32_t newl = 0;
         int nnew = 0, lanes[W];
         const double *src[W];
+        const float *psrc[W];             /* warm lanes resuming from their last posteriors (post_in), else NULL */
+        uint32_t pinl = 0;
         const uint8_t *ssrc[W];
         for (int l = 0; l < W && next < F; l++)
             if (!(active >> l & 1u)) {
@@ -729,6 +731,8 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                 best_cnt[l] = INT32_MAX;
                 newl |= 1u << l;
                 lanes[nnew] = l;
+                psrc[nnew] = (srow && warm && post_in && post_ok[lane_f[l]]) ? post_in + lane_f[l] * n : NULL;
+                if (psrc[nnew]) pinl |= 1u << l;
                 src[nnew] = llr + lane_f[l] * n;
                 ssrc[nnew++] = syn + lane_f[l] * m;
             }
@@ -743,14 +747,14 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                 if (!rows) {
                     uint32_t h = hard[v] & ~newl;
                     for (int j = 0; j < nnew; j++) {
-                        float x = (float)src[j][v];
+                        float x = psrc[j] ? psrc[j][v] : (float)src[j][v];
                         post[v * W + lanes[j]] = x;
                         h |= sign_bit(x) << lanes[j];
                     }
                     hard[v] = (uint16_t)h;
                     continue;
                 }
-                for (int j = 0; j < nnew; j++) buf[lanes[j]] = (float)src[j][v];
+                for (int j = 0; j < nnew; j++) buf[lanes[j]] = psrc[j] ? psrc[j][v] : (float)src[j][v];
                 __m512 x = _mm512_load_ps(buf);
                 _mm512_mask_store_ps(post + v * W, nm, x);
                 uint32_t sg = (uint32_t)_mm512_cmplt_epi32_mask(_mm512_castps_si512(x), _mm512_setzero_si512());
@@ -772,7 +776,7 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                     if (!rows) {
                         for (int j = 0; j < nnew; j++) {
                             c2v_set(c2v, e, lanes[j], f16, sf[j][e]);
-                            pv[lanes[j]] += c2v_get(c2v, e, lanes[j], f16, W);
+                            if (!psrc[j]) pv[lanes[j]] += c2v_get(c2v, e, lanes[j], f16, W);
                         }
                         continue;
                     }
@@ -788,8 +792,10 @@ static void decode_stream16(const int64_t *ptr, const int32_t *ev, int64_t m, in
                     } else {
                         _mm512_mask_store_ps((float *)c2v + e * W, nm, x);
                     }
-                    __m512 pvv = _mm512_load_ps(pv);
-                    _mm512_store_ps(pv, _mm512_mask_add_ps(pvv, nm, pvv, x));
+                    if (pinl != newl) {   /* lanes resuming from post_in already hold their posteriors */
+                        __m512 pvv = _mm512_load_ps(pv);
+                        _mm512_store_ps(pv, _mm512_mask_add_ps(pvv, (__mmask16)(newl & ~pinl), pvv, x));
+                    }
                 }
                 for (int64_t v = 0; v < n; v++) {
                     uint32_t sg = (uint32_t)_mm512_cmplt_epi32_mask(
@@ -988,7 +994,7 @@ static void *alloc64(size_t bytes) { return aligned_alloc(64, ((bytes + 63) / 64
 
 PyDoc_STRVAR(decode_many_doc,
 "decode_many(check_ptr, edge_var, llr, syndromes, max_iterations, words, iterations, converged, simd\n"
-"            [, state, warm, kernel, stall, post_out, state_rows, state_stride])\n\n"
+"            [, state, warm, kernel, stall, post_out, state_rows, state_stride, post_in, post_ok])\n\n"
 "F frames of one code: llr float64 (F*n,), syndromes uint8 (F*m,), outputs words uint8 (F*n,),\n"
 "iterations int64 (F,), converged uint8 (F,).  simd: 1 = a 16-frame AVX-512 kernel where the CPU has it,\n"
 "0 = frame-by-frame scalar kernel.  state: optional writable float32 (F*E,) check-to-variable messages (or None);\n"
@@ -1003,17 +1009,21 @@ PyDoc_STRVAR(decode_many_doc,
 "state_rows: optional int64 (F,): frame f's messages are row state_rows[f] of state seen as (R, state_stride)\n"
 "float32 (state_stride >= E; the first E entries used), so a caller can keep every frame's messages in place\n"
 "across calls instead of packing them into an (F, E) array per call.\n"
+"post_in, post_ok (streaming kernels, warm only): float32 (F*n,) a-posteriori LLRs and uint8 (F,) flags: a frame\n"
+"with its flag set resumes from those posteriors (its last attempt's post_out, adjusted by the caller for values\n"
+"disclosed since) instead of llr + the sum of its saved messages (a pass over the edges with random posterior\n"
+"reads and writes per frame).\n"
 "Returns the name of the kernel used.");
 
 static PyObject *py_decode_many(PyObject *self, PyObject *args)
 {
     PyObject *o[8];
-    PyObject *o_state = Py_None, *o_post = Py_None, *o_rows = Py_None;
+    PyObject *o_state = Py_None, *o_post = Py_None, *o_rows = Py_None, *o_pin = Py_None, *o_pok = Py_None;
     long max_iter, stall = 0;
     Py_ssize_t stride = 0;
     int simd, warm = 0, kernel = KERNEL_AUTO;
-    if (!PyArg_ParseTuple(args, "OOOOlOOOp|OpilOOn", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6],
-                          &simd, &o_state, &warm, &kernel, &stall, &o_post, &o_rows, &stride))
+    if (!PyArg_ParseTuple(args, "OOOOlOOOp|OpilOOnOO", &o[0], &o[1], &o[2], &o[3], &max_iter, &o[4], &o[5], &o[6],
+                          &simd, &o_state, &warm, &kernel, &stall, &o_post, &o_rows, &stride, &o_pin, &o_pok))
         return NULL;
     if (stall < 0) {
         PyErr_SetString(PyExc_ValueError, "decode_many: stall must be >= 0");
@@ -1023,8 +1033,8 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "decode_many: kernel must be 0 (auto), 1, 2 (streaming f16/f32) or 3 (group)");
         return NULL;
     }
-    Py_buffer bst, bpo, brw;
-    int have_state = 0, have_post = 0, have_rows = 0;
+    Py_buffer bst, bpo, brw, bpi, bpk;
+    int have_state = 0, have_post = 0, have_rows = 0, have_pin = 0, have_pok = 0;
     float **srow = NULL;
     static const Py_ssize_t isz[7] = {8, 4, 8, 1, 1, 8, 1};
     static const int wr[7] = {0, 0, 0, 0, 1, 1, 1};
@@ -1094,6 +1104,22 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         }
     }
     float *post_out = have_post ? (float *)bpo.buf : NULL;
+    if ((o_pin == Py_None) != (o_pok == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "decode_many: post_in and post_ok go together");
+        goto done;
+    }
+    if (o_pin != Py_None) {
+        if (get_buf(o_pin, &bpi, 0, 4, "post_in") < 0) goto done;
+        have_pin = 1;
+        if (get_buf(o_pok, &bpk, 0, 1, "post_ok") < 0) goto done;
+        have_pok = 1;
+        if (bpi.len != 4 * F * n || bpk.len != F) {
+            PyErr_SetString(PyExc_ValueError, "decode_many: post_in must hold F * n float32 LLRs and post_ok F flags");
+            goto done;
+        }
+    }
+    const float *post_in = have_pin ? (const float *)bpi.buf : NULL;
+    const uint8_t *post_ok = have_pok ? (const uint8_t *)bpk.buf : NULL;
     /* kernel choice: streaming where the CPU has AVX512F+DQ+F16C, else the group kernel (AVX512F), else scalar */
     int vec = 0;
     if (simd && use_simd()) {
@@ -1136,7 +1162,8 @@ static PyObject *py_decode_many(PyObject *self, PyObject *args)
         f_scalar = F >= STREAM_MIN_FRAMES ? F : 0;
         if (f_scalar)
             decode_stream16(ptr, ev, m, n, llr, syn, F, max_iter, words, iters, oks, post, c2v, tmp, pre, phs,
-                            synm, hard, srow, warm, vec == KERNEL_STREAM_F16, unsat_list, stall, post_out);
+                            synm, hard, srow, warm, vec == KERNEL_STREAM_F16, unsat_list, stall, post_out,
+                            post_in, post_ok);
     }
 #endif
     for (int64_t f = f_scalar; f < F; f++) {
@@ -1159,6 +1186,8 @@ done:
     if (have_state) PyBuffer_Release(&bst);
     if (have_post) PyBuffer_Release(&bpo);
     if (have_rows) PyBuffer_Release(&brw);
+    if (have_pin) PyBuffer_Release(&bpi);
+    if (have_pok) PyBuffer_Release(&bpk);
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return res;
 }
