@@ -87,7 +87,6 @@ class SiftAau(BlockSizeMixin, Half):
         if self._fatal is not None:  # configuration mismatch: about to fail
             return
         t, bid, num, seq = parse(msg, "sift")
-        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError("sift: second hello from the DU")
@@ -128,7 +127,7 @@ class SiftAau(BlockSizeMixin, Half):
             match = basis == bases
             self._send_raw(envelope("sift", "sifted", "", 0, seq, match=pack_bits(match),
                                     cls=np.ascontiguousarray(cls[match]),
-                                    test_bits=np.ascontiguousarray(bit[match & (basis == 1)]), _auth="defer"))
+                                    test_bits=np.ascontiguousarray(bit[match & (basis == 1)])))
             for k, v in (("slot", slots[match]), ("basis", basis[match]), ("bit", bit[match]),
                          ("cls", cls[match])):
                 self._fifo[k].append(v)

@@ -111,7 +111,7 @@ class SiftDu(BlockSizeMixin, Half):
             self.count("double_clicks", int(double.sum()))
             self.count("cross_basis_clicks", int(cross.sum()))
             self._outstanding.append((slots, basis, bit))
-            self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, slots=slots, bases=basis, _auth="defer"))
+            self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, slots=slots, bases=basis))
             self._chunk_seq += 1
             self._chunks_since_cut += 1
         return {"sync": self.pass_sync(f)}
@@ -124,7 +124,6 @@ class SiftDu(BlockSizeMixin, Half):
     # ---- peer ----
     def _on_peer_raw(self, msg: dict) -> None:
         t, bid, num, seq = parse(msg, "sift")
-        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError("sift: second hello from the AAU")

@@ -188,6 +188,8 @@ def reveal_limit(code: "LdpcCode", p0: int, reveal: str) -> int:
     twice the first attempt's leak (with 0.5 m, as in order mode, 11 of 64 frames of 10^4 bits at QBER 0.5 % ran
     out: the spread of a short frame's error count is wide)."""
     return p0 + (code.m if reveal == "reliability" else extension_rows(code))
+
+
 ALGORITHMS = ("sum-product", "min-sum")
 DEFAULT_ALGORITHM = "sum-product"
 # Min-sum parameters (tuned with /tmp sweeps at n = 1e5, rate 0.70, QBER 4.5 %: alpha 0.8, beta 0.25 decoded
@@ -197,10 +199,12 @@ MINSUM_BETA = 0.25            # LLR units
 _SHORTENED_LLR = 1.0e3        # "infinite" reliability; phi(1e3) underflows to the clip floor
 
 
+_PHI_MIN, _PHI_MAX = 1.0e-12, 40.0
+
+
 def _known_llr(bits: np.ndarray) -> np.ndarray:
     """LLRs of symbols whose values are public (shortened, revealed): +-_SHORTENED_LLR for 0 / 1."""
     return _SHORTENED_LLR - (2.0 * _SHORTENED_LLR) * np.asarray(bits, dtype=np.float64)
-_PHI_MIN, _PHI_MAX = 1.0e-12, 40.0
 
 
 # --------------------------------------------------------------------------------------------- messages
@@ -352,24 +356,26 @@ class RevealMessage:
         return cls(fp, frame_id, before, bits[:count].copy(), positions)
 
 
-def encode_positions(positions: np.ndarray) -> bytes:
-    """Symbol positions on the wire: uint32 little-endian, ascending and distinct (checked)."""
+def _checked_positions(positions: np.ndarray, upper: int) -> np.ndarray:
+    """A non-empty 1-D integer array of ascending, distinct symbol positions in [0, upper); ValueError otherwise."""
     pos = np.asarray(positions)
     if pos.ndim != 1 or pos.size < 1 or not np.issubdtype(pos.dtype, np.integer):
         raise ValueError("positions: expected a non-empty 1-D integer array")
-    if pos.min() < 0 or pos.max() >= 2**32 or (pos.size > 1 and np.any(np.diff(pos) <= 0)):
-        raise ValueError("positions: must be ascending, distinct and in [0, 2^32)")
-    return pos.astype("<u4").tobytes()
+    if pos.min() < 0 or pos.max() >= upper or (pos.size > 1 and np.any(np.diff(pos) <= 0)):
+        raise ValueError(f"positions: must be ascending, distinct and in [0, {upper})")
+    return pos
+
+
+def encode_positions(positions: np.ndarray) -> bytes:
+    """Symbol positions on the wire: uint32 little-endian, ascending and distinct (checked)."""
+    return _checked_positions(positions, 2**32).astype("<u4").tobytes()
 
 
 def decode_positions(data: bytes) -> np.ndarray:
     """Inverse of ``encode_positions`` (strict: ValueError on a ragged length or unsorted/repeated positions)."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) % 4 or not len(data):
         raise ValueError("positions: expected a non-empty multiple of 4 bytes")
-    pos = np.frombuffer(bytes(data), dtype="<u4").astype(np.int64)
-    if pos.size > 1 and np.any(np.diff(pos) <= 0):
-        raise ValueError("positions: must be ascending and distinct")
-    return pos
+    return _checked_positions(np.frombuffer(bytes(data), dtype="<u4").astype(np.int64), 2**32)
 
 
 @dataclass
@@ -688,11 +694,7 @@ class BlindAliceFrame:
         """Reliability mode: Alice's values at the symbol ``positions`` Bob asked for (ascending, distinct). Each
         must be a key or punctured symbol not disclosed before (shortened ones are public already), and the
         frame's total stays within ``limit``; ValueError otherwise (nothing is disclosed then)."""
-        pos = np.asarray(positions)
-        if pos.ndim != 1 or pos.size < 1 or not np.issubdtype(pos.dtype, np.integer):
-            raise ValueError("positions: expected a non-empty 1-D integer array")
-        if pos.min() < 0 or pos.max() >= self._code.n or (pos.size > 1 and np.any(np.diff(pos) <= 0)):
-            raise ValueError(f"positions: must be ascending, distinct symbol indices in [0, {self._code.n})")
+        pos = _checked_positions(positions, self._code.n)
         if self.revealed + pos.size > self.limit:
             raise ValueError(f"positions: {self.revealed} + {pos.size} values exceed the frame's {self.limit}")
         self._set_mode("reliability")
@@ -763,10 +765,10 @@ class LdpcBob:
         ``max_iterations`` and ``stall`` override the instance's for this call. ``pads[i]``: frame i's last key bits are
         public zero padding (decoded as known zeros). ``posts`` (a list with one entry per frame): set to the
         float32 a-posteriori LLRs of each frame that did not converge (C sum-product kernels), else to None.
-        ``store`` (instead of ``states``; C sum-product only, see ``uses_store``): (array, rows, warm[, posts]):
+        ``store`` (instead of ``states``; C sum-product only, see ``uses_store``): (array, rows, warm, posts):
         frame i's messages live in row rows[i] of a float32 (R, S) array, zero until its first attempt (warm[i]
-        False), resumed and written back in place; posts[i], if given and not None, are the float32 posteriors
-        frame i resumes from (``decode_syndromes(post_in=...)``).
+        False), resumed and written back in place; posts[i], if not None, are the float32 posteriors frame i
+        resumes from (``decode_syndromes(post_in=...)``).
         """
         if len(keys) != len(msgs):
             raise ValueError(f"keys: {len(keys)} frames but {len(msgs)} syndrome messages")
@@ -776,9 +778,10 @@ class LdpcBob:
             raise ValueError(f"states: {len(states)} entries for {len(msgs)} frames")
         if pads is not None and len(pads) != len(msgs):
             raise ValueError(f"pads: {len(pads)} entries for {len(msgs)} frames")
-        if store is not None and (states is not None or not self.uses_store or len(store[1]) != len(msgs)
-                                  or len(store[2]) != len(msgs)):
-            raise ValueError("store: needs the C sum-product decoder, no states, and one row and flag per frame")
+        if store is not None and (states is not None or not self.uses_store
+                                  or any(len(x) != len(msgs) for x in store[1:])):
+            raise ValueError("store: needs the C sum-product decoder, no states, and one row, flag and posterior "
+                             "entry per frame")
         if posts is not None:
             if len(posts) != len(msgs):
                 raise ValueError(f"posts: {len(posts)} entries for {len(msgs)} frames")
@@ -827,7 +830,7 @@ class LdpcBob:
             if store is not None:
                 st, rows = store[0], np.array([store[1][i] for i in idx], dtype=np.int64)
                 warm = any(store[2][i] for i in idx)    # a frame's row is zero before its first attempt
-                given = [store[3][i] if len(store) > 3 else None for i in idx]
+                given = [store[3][i] for i in idx]
                 if warm and any(p is not None for p in given):
                     pin = np.zeros((len(idx), code.n), dtype=np.float32)
                     pok = np.zeros(len(idx), dtype=np.uint8)
@@ -1010,7 +1013,6 @@ class BlindDecoder:
             width = max(bob.codes[m.code_fingerprint].n_edges + (bob.codes[m.code_fingerprint].n if mode == "order"
                                                                   else 0) for m, mode in zip(msgs, self.modes))
             self._store = np.zeros((len(msgs), width), dtype=np.float32)
-        self._tried = [False] * len(msgs)
         self.resume_posteriors = resume_posteriors
         self.pending = list(range(len(msgs)))
         self.failed: list[int] = []
@@ -1030,7 +1032,7 @@ class BlindDecoder:
                 continue
             cap = self.bob.max_iterations if final else min(self.round_iterations, self.bob.max_iterations)
             store = None if self._store is None else (
-                self._store, idx, [self._tried[i] for i in idx],
+                self._store, idx, [self.results[i] is not None for i in idx],   # tried before: warm
                 [self.posts[i] if self.resume_posteriors else None for i in idx])   # per frame of this call
             sub_states = [self.states[i] for i in idx] if self.states is not None and store is None else None
             sub_posts: list | None = [None] * len(idx) if self.reveal == "reliability" and not final else None
@@ -1046,7 +1048,6 @@ class BlindDecoder:
                     self.states[i] = sub_states[j]
                 elif self.states is not None:      # the store's row (its first n_edges entries are the messages)
                     self.states[i] = None if r.converged else self._store[i]
-                self._tried[i] = True
                 self.posts[i] = sub_posts[j] if sub_posts is not None else None
         # a frame whose attempt with every value revealed failed is lost: it leaves the batch
         self.failed += [i for i in self.pending if not self.results[i].converged and self.exhausted(i)]

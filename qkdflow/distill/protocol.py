@@ -228,6 +228,7 @@ class Half(Block):
             if port == "key":
                 self._on_prev(msg)
             elif port == "peer":
+                self._check_tagged(msg)
                 self._on_peer_raw(msg)
             else:
                 raise BlockError(f"no handler for messages on port {port!r}")
@@ -237,20 +238,23 @@ class Half(Block):
     def report(self) -> dict:
         return {"busy_s": round(self._busy_s, 6)}
 
-    def _check_tagged(self, t: str, msg: dict) -> None:
+    def _check_tagged(self, msg: Mapping) -> None:
         """A peer message the transport delivered unauthenticated (deferred tag) must be of a deferrable type:
         a genuine peer tags every other one, so this is an attack on the channel and the run stops."""
-        if msg.get("_auth") == "deferred" and t not in self.peer_deferred_types:
+        if not isinstance(msg, Mapping) or msg.get("_auth") != "deferred":
+            return
+        t = msg.get("type")
+        if t not in self.peer_deferred_types:
             peer = "DU" if self.side == "aau" else "AAU"
             raise BlockError(f"{self.stage}: {t!r} from the {peer} arrived without its authentication tag")
 
     # ---- sending -----------------------------------------------------------------------------------
     def _send_raw(self, msg: dict) -> None:
+        if msg.get("type") in self.deferred_types:   # its tag deferred to the edge's next tagged message
+            msg["_auth"] = "defer"
         self.emit("peer", msg)
 
     def send_peer(self, blk: KeyBlock, type_: str, **payload: Any) -> None:
-        if type_ in self.deferred_types:
-            payload["_auth"] = "defer"
         self._send_raw(envelope(self.stage, type_, blk.id, blk.num, blk.seq_out, **payload))
         blk.seq_out += 1
         blk.msgs += 1
@@ -386,7 +390,6 @@ class DuHalf(Half):
     # --- from the AAU ---
     def _on_peer_raw(self, msg: dict) -> None:
         t, bid, num, seq = parse(msg, self.stage)
-        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError(f"{self.stage}: second hello from the AAU")
@@ -496,7 +499,6 @@ class AauHalf(Half):
         if self._fatal is not None:  # configuration mismatch: about to fail
             return
         t, bid, num, seq = parse(msg, self.stage)
-        self._check_tagged(t, msg)
         if t == "hello":
             if self._peer_ok:
                 raise BlockError(f"{self.stage}: second hello from the DU")

@@ -34,7 +34,7 @@ hash's collision bound grows with the transcript's length L in 61-bit words: eps
 interactive exchange (AIT's qkd-auth does this per key block: Mink et al. / the AIT R10 docs, and
 ``../shared/reference/postprocessing.md``), provided the receiving block lets nothing it derived from deferred
 messages leave before a tagged message closes them: ``qkdflow.distill.protocol`` halves declare which message types
-may be deferred (``deferred_types``); every other type must arrive tagged, or the block aborts.
+may be deferred (``deferred_types``); every other type must arrive tagged, or the run stops.
 """
 from __future__ import annotations
 

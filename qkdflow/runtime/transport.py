@@ -246,8 +246,7 @@ class EdgeReceiver:
                 raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
             verified = self.auth.verify([head] + [bytes(p) for p in parts[1:-1]], seq, bytes(parts[-1]))
             if not verified and kind == wire.EOS:
-                raise AuthFailure(f"edge {self.label}: end of stream without its authentication tag; the run "
-                                       "stops")
+                raise AuthFailure(f"edge {self.label}: end of stream without its authentication tag; the run stops")
             parts = parts[:-1]
         self.expect += 1
         if kind == wire.EOS:
