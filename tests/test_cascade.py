@@ -152,7 +152,8 @@ def _reference_parity(key: np.ndarray, seed: int, variant: str, qber: float, p: 
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy=seed, spawn_key=(p,))))
     if p == 0 or (p < len(sizes) and -(-n // sizes[p]) > 2):
         k = sizes[p]
-        members = rng.permutation(n)[block * k:(block + 1) * k]
+        big = rng.permutation(1 << (n - 1).bit_length())        # of [0, 2^ceil(log2 n)), entries >= n dropped
+        members = big[big < n][block * k:(block + 1) * k]
     else:
         words = np.frombuffer(rng.bytes(8 * (-(-n // 64))), dtype="<u8")
         in_half = np.array([(int(words[i // 64]) >> (i % 64)) & 1 for i in range(n)], dtype=bool)
@@ -162,6 +163,25 @@ def _reference_parity(key: np.ndarray, seed: int, variant: str, qber: float, p: 
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if bit == "1" else (lo, mid)
     return int(np.bitwise_xor.reduce(key[members[lo:hi]])) if hi > lo else 0
+
+
+def test_permutations_are_drawn_once_per_seed_and_shared_by_shorter_keys() -> None:
+    """A run keeps one seed: the second block (any length up to the same power of two) reuses the permutations
+    of [0, 2^k) (cache hits, no new draw) and still corrects every error; replies do not depend on the cache."""
+    from qkdflow.distill import cascade as cmod
+    cmod._master_permutation.cache_clear()
+    a1, b1 = _frame(3000, 0.03, 31)
+    a2, b2 = _frame(2900, 0.03, 32)                           # same power of two (4096), another length
+    r1, req1, rep1 = _run_over_bytes(a1, b1, 0.03, "original", seed=5)
+    drawn = cmod._master_permutation.cache_info().misses
+    assert drawn == 4 * 1                                      # original: 4 permutation passes, drawn once each
+    r2, _, _ = _run_over_bytes(a2, b2, 0.03, "original", seed=5)
+    info = cmod._master_permutation.cache_info()
+    assert info.misses == drawn and info.hits >= 2 * 4        # Alice's and Bob's passes for block 2: all hits
+    assert np.array_equal(r1.corrected_key, a1) and np.array_equal(r2.corrected_key, a2)
+    cmod._master_permutation.cache_clear()                     # recomputed from scratch: the same replies
+    _, req1b, rep1b = _run_over_bytes(a1, b1, 0.03, "original", seed=5)
+    assert req1b == req1 and rep1b == rep1
 
 
 @pytest.mark.parametrize("variant", ["hybrid", "yanetal"])
