@@ -20,8 +20,10 @@ from qkdflow.distill.verify import (
     VerificationHash,
     _mulmod,
     bits_to_words,
+    bytes_to_words,
     collision_bound,
     poly_hash,
+    poly_hash_words,
     tag_evaluations,
     tag_length_bits,
 )
@@ -244,3 +246,47 @@ def test_bad_arguments():
         alice.tag(b"x", -1)
     with pytest.raises(ValueError, match="message must be bytes"):
         alice.tag("text", 0)
+
+
+_C = __import__("qkdflow.distill.verify", fromlist=["_poly61"])._poly61
+needs_c = pytest.mark.skipif(_C is None, reason="C extension qkdflow.distill._poly61 not built")
+
+
+@needs_c
+@settings(max_examples=80, deadline=None)
+@given(words=st.lists(st.integers(0, P61 - 1), max_size=200),
+       keys=st.lists(st.integers(0, P61 - 1), min_size=1, max_size=3), acc=st.integers(0, P61 - 1))
+def test_c_horner_matches_the_numpy_hash(words, keys, acc):
+    """Horner's rule in C (128-bit products) = the numpy sum of w_i r^(n-i), and continues a hash exactly."""
+    import qkdflow.distill.verify as v
+    w = np.array(words, dtype=np.uint64)
+    k = np.array(keys, dtype=np.uint64)
+    saved, v._poly61 = v._poly61, None
+    try:
+        ref = poly_hash_words(w, k) if w.size else [0] * k.size
+    finally:
+        v._poly61 = saved
+    assert [_C.horner(0, int(r), w) for r in keys] == ref
+    r = keys[0]
+    assert _C.horner(acc, r, w) == (acc * pow(r, len(words), P61) + ref[0]) % P61
+
+
+@needs_c
+@settings(max_examples=80, deadline=None)
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=4), r=st.integers(0, P61 - 1))
+def test_c_byte_words_hash_matches_bytes_to_words(data, cuts, r):
+    """horner_bytes56 over any split of a byte string into buffers = the hash of its 56-bit words (no length word)."""
+    words = bytes_to_words(data)[:-1]
+    ref = sum(int(x) * pow(r, len(words) - i, P61) for i, x in enumerate(words)) % P61
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    pieces = [data[i:j] for i, j in zip(bounds, bounds[1:])]
+    assert _C.horner_bytes56(0, r, pieces) == ref
+    assert _C.horner_bytes56(0, r, [np.frombuffer(data, np.uint8)]) == ref
+
+
+@needs_c
+def test_c_hash_refuses_values_outside_the_field():
+    with pytest.raises(ValueError, match="2\\^61"):
+        _C.horner(0, P61, np.zeros(1, np.uint64))
+    with pytest.raises(ValueError, match="8-byte"):
+        _C.horner(0, 1, np.zeros(3, np.uint8))

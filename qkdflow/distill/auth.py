@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import verify as _verify
 from .verify import (
     FIELD_BITS,
     P61,
@@ -174,6 +175,10 @@ class _PolyKey:
         self._pw = _powers(keys, 64)
 
     def hash(self, words: np.ndarray) -> list[int]:
+        c = _verify._poly61
+        if c is not None:      # Horner's rule in C (exact); the cached powers below are the numpy path
+            w = np.ascontiguousarray(words, dtype=np.uint64)
+            return [c.horner(0, int(r), w) for r in self.keys]
         n = words.size
         if self._pw.shape[1] < n:
             self._pw = _powers(self.keys, max(n, 2 * self._pw.shape[1]))

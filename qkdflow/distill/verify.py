@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -109,6 +110,14 @@ def draw_hash_key(evaluations: int, rng: np.random.Generator | None = None) -> n
 
 
 # --- exact arithmetic mod 2^61 - 1 on uint64 arrays -------------------------------------------------
+
+
+_poly61 = None
+if os.environ.get("QKDFLOW_NO_CEXT", "0") in ("", "0"):
+    try:  # optional C extension (setup.py): Horner's rule in 128-bit integers, exact; absent without a compiler
+        from qkdflow.distill import _poly61
+    except ImportError:  # pragma: no cover - depends on the build
+        pass
 
 
 def _reduce(v: np.ndarray) -> np.ndarray:
@@ -192,6 +201,9 @@ def poly_hash_words(words: np.ndarray, hash_key: np.ndarray) -> list[int]:
     keys = np.asarray(hash_key, dtype=np.uint64).reshape(-1)
     if keys.size == 0 or bool(np.any(keys >= _P)):
         raise ValueError("hash_key must be a non-empty array of integers in [0, 2^61 - 1)")
+    if _poly61 is not None:
+        w = np.ascontiguousarray(words, dtype=np.uint64)
+        return [_poly61.horner(0, int(r), w) for r in keys]
     pw = _powers(keys, words.size)[:, ::-1]  # r^len .. r^1
     return _sum_mod(_mulmod(words[None, :], pw))
 

@@ -62,6 +62,7 @@ class AuthFailure(Exception):
 
 
 def _words(seq: int, label: bytes, parts: list) -> np.ndarray:
+    """A message's hash words: seq, the 56-bit words of label + parts, their bit length (numpy path)."""
     from qkdflow.distill.verify import bytes_to_words
     body = bytes_to_words(label + b"".join(bytes(p) for p in parts))
     words = np.empty(body.size + 1, dtype=np.uint64)
@@ -78,7 +79,9 @@ class EdgeAuth:
         self.state, self.sender, self.direction = state, sender, direction
         self.label, self.stop = label, stop
         self._label = label.encode() + b"\0"
-        self._hash = _PolyKey(np.array([state.hash_keys[direction]], dtype=np.uint64))
+        from qkdflow.distill.verify import P61, _poly61
+        self._hash = _PolyKey(np.array([state.hash_keys[direction]], dtype=np.uint64))   # numpy path
+        self._r, self._p, self._c = int(state.hash_keys[direction]), P61, _poly61
         self.tags = 0
         self.deferred = 0
         self.accept_deferred = False   # receiver: set by the edge's receiving end (its block takes deferred messages)
@@ -87,35 +90,46 @@ class EdgeAuth:
         self._acc: int | None = None
         self.lock = threading.Lock()
 
-    def _extend(self, acc: int, seg: np.ndarray) -> int:
-        """Horner's rule over a further segment: hash(prefix + seg) from hash(prefix)."""
-        from qkdflow.distill.verify import P61
-        k = int(self._hash.keys[0])
-        return (acc * pow(k, int(seg.size), P61) + self._hash.hash(seg)[0]) % P61
+    def _step(self, acc: int, word: int) -> int:
+        """One Horner step: hash(prefix + [word]) from hash(prefix)."""
+        return (acc + word) * self._r % self._p
 
-    def _defer(self, words: np.ndarray) -> None:
-        acc = self._acc if self._acc is not None else self._hash.hash(np.array([TRANSCRIPT_WORD], dtype=np.uint64))[0]
-        self._acc = self._extend(acc, np.concatenate([np.array([words.size], dtype=np.uint64), words]))
+    def _feed(self, acc: int, seq: int, parts: list) -> int:
+        """Horner's rule from acc over one message's words (``_words``: seq, the 56-bit words of label + parts,
+        their bit length); with the C extension straight from the buffers, without building the words."""
+        if self._c is None:
+            words = _words(seq, self._label, parts)
+            return (acc * pow(self._r, int(words.size), self._p) + self._hash.hash(words)[0]) % self._p
+        acc = self._c.horner_bytes56(self._step(acc, seq), self._r, [self._label, *parts])
+        return self._step(acc, 8 * self._nbytes(parts))
+
+    def _nbytes(self, parts: list) -> int:
+        return len(self._label) + sum(memoryview(p).nbytes for p in parts)
+
+    def _defer(self, seq: int, parts: list) -> None:
+        acc = self._acc if self._acc is not None else self._step(0, TRANSCRIPT_WORD)
+        self._acc = self._feed(self._step(acc, self._n_words(parts)), seq, parts)
         self._n_pending += 1
         self.deferred += 1
 
-    def _digest(self, words: np.ndarray) -> int:
+    def _n_words(self, parts: list) -> int:
+        return 2 + -(-8 * self._nbytes(parts) // 56)     # seq, the 56-bit words, the length word
+
+    def _digest(self, seq: int, parts: list) -> int:
         """The hash one tag covers: this message's words, or the transcript of the deferred ones and this one."""
         if self._acc is None:
-            return self._hash.hash(words)[0]
-        tail = np.concatenate([np.array([words.size], dtype=np.uint64), words,
-                               np.array([self._n_pending + 1], dtype=np.uint64)])
-        return self._extend(self._acc, tail)
+            return self._feed(0, seq, parts)
+        acc = self._feed(self._step(self._acc, self._n_words(parts)), seq, parts)
+        return self._step(acc, self._n_pending + 1)
 
-    def _value(self, words: np.ndarray, pad: int) -> bytes:
-        from qkdflow.distill.verify import P61
-        return ((self._digest(words) + pad) % P61).to_bytes(8, "big")
+    def _value(self, seq: int, parts: list, pad: int) -> bytes:
+        return ((self._digest(seq, parts) + pad) % self._p).to_bytes(8, "big")
 
     def tag(self, parts: list, seq: int, defer: bool = False) -> bytes:
         from qkdflow.distill.auth import KeyPoolExhausted
         if defer:
             with self.lock:
-                self._defer(_words(seq, self._label, parts))
+                self._defer(seq, parts)
             return DEFER_MARK
         deadline = time.monotonic() + POOL_WAIT_S
         while True:
@@ -133,7 +147,7 @@ class EdgeAuth:
                 time.sleep(0.01)
         with self.lock:
             self.tags += 1
-            value = self._value(_words(seq, self._label, parts), pad)
+            value = self._value(seq, parts, pad)
             self._acc, self._n_pending = None, 0
             return key + off.to_bytes(4, "big") + value
 
@@ -145,7 +159,7 @@ class EdgeAuth:
                 raise AuthFailure(f"edge {self.label}: authentication failed (a message without its tag, into a block "
                                   "that takes none); the message was not delivered and the run stops")
             with self.lock:
-                self._defer(_words(seq, self._label, parts))
+                self._defer(seq, parts)
             return False
         if len(tag) != TAG_BYTES:
             raise AuthFailure(f"edge {self.label}: authentication failed (tag of {len(tag)} bytes, expected "
@@ -167,7 +181,7 @@ class EdgeAuth:
         import hmac  # here: _hashlib costs ~7 ms of every node's start-up, authenticated or not
 
         covered = self._n_pending
-        if not hmac.compare_digest(self._value(_words(seq, self._label, parts), pad), tag[12:]):
+        if not hmac.compare_digest(self._value(seq, parts, pad), tag[12:]):
             what = f" or one of the {covered} deferred messages before it" if covered else ""
             raise AuthFailure(f"edge {self.label}: authentication failed (tag mismatch: forged, altered or "
                               f"replayed message{what}); the message was not delivered and the run stops")

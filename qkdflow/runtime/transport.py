@@ -244,7 +244,8 @@ class EdgeReceiver:
         if self.auth is not None:
             if kind == wire.DATA or len(parts) < 2:
                 raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
-            verified = self.auth.verify([head] + [bytes(p) for p in parts[1:-1]], seq, bytes(parts[-1]))
+            verified = self.auth.verify([head] + [p if isinstance(p, bytes) else p.buffer for p in parts[1:-1]], seq,
+                                        bytes(parts[-1]))
             if not verified and kind == wire.EOS:
                 raise AuthFailure(f"edge {self.label}: end of stream without its authentication tag; the run stops")
             parts = parts[:-1]
