@@ -3,9 +3,15 @@
 Baseline, measured in the same command: the physical layer alone (prep -> laser -> modulator -> fibre -> detector ->
 null sink, same parameters, one process). Each configuration runs ``--runs`` times as ``qkdflow run ... --json``
 (whole-process wall time, including start-up); medians are reported, with the chain/baseline wall-time ratio,
-sifted bits/s, per-stage time per block (DU halves, from the key store's report) and messages/round trips per block.
+sifted bits/s, per-stage time per block (DU halves, from the key store's report: a block's latency from its arrival
+in the stage, queueing and waits for the peer included) and messages/round trips per block. Capacity: the CPU
+time of each distillation stage half's thread (``cpu_s``: the runtime runs a thread per block) per committed block,
+summed per node: the node's distillation needs that much of one core per block, so with a core to itself it keeps
+up with block_bits / (CPU per block) sifted bits/s, and the two nodes together with (sum of both) per block on one
+core. CPU time counts what the stage computed, not the time it spent waiting for the GIL, the peer or a core the
+simulation holds.
 
-    .venv/bin/python tools/bench_distill.py [--runs 3] [--slots 24e6] [--block-bits 50000] [--method cascade]
+    .venv/bin/python tools/bench_distill.py [--runs 3] [--slots 24e6] [--block-bits 50000] [--method cascade] [--psk F]
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ def main() -> None:
     ap.add_argument("--slots", type=float, default=24e6)
     ap.add_argument("--block-bits", type=int, default=50_000)
     ap.add_argument("--method", default="cascade", choices=("cascade", "ldpc"))
+    ap.add_argument("--psk", default=None, help="pre-shared key file: authenticate the classical channel (as the main "
+                                                "job does; e.g. flowgraphs/demo-psk.bin)")
     a = ap.parse_args()
     doc = yaml.safe_load(open(BASE))
     doc["blocks"]["prep"]["total_slots"] = int(a.slots)
@@ -65,6 +73,7 @@ def main() -> None:
         yaml.safe_dump(base, f)
     walls = {"physical layer": [], "whole chain": []}
     rep = None
+    busy: dict[str, list[float]] = {}    # stage half -> CPU seconds per block, per run
     for i in range(a.runs):  # interleaved, so load changes hit both alike
         walls["physical layer"].append(run(phys, [])[0])
         for side in ("a", "d"):
@@ -72,11 +81,18 @@ def main() -> None:
             for ext in ("", "-wal", "-shm"):
                 if os.path.exists(p + ext):
                     os.remove(p + ext)
-        w, s = run(chain, [f"nodes.aau.port={15810 + 40 * i}", f"nodes.du.port={15830 + 40 * i}"])
+        psk = [f"nodes.{n}.psk_file={os.path.abspath(a.psk)}" for n in ("aau", "du")] if a.psk else []
+        w, s = run(chain, [f"nodes.aau.port={15810 + 40 * i}", f"nodes.du.port={15830 + 40 * i}", *psk])
         walls["whole chain"].append(w)
         rep = s["nodes"]["du"]["store_d"]
+        nb = max(1, rep["blocks_committed"])
+        for node, blocks in s["nodes"].items():
+            for name, st in blocks.items():
+                if isinstance(st, dict) and "busy_s" in st and "cpu_s" in st:    # the distillation stage halves
+                    busy.setdefault(f"{node}:{name}", []).append(st["cpu_s"] / nb)
     med = {k: statistics.median(v) for k, v in walls.items()}
-    print(f"slots {a.slots:.3g}, block_bits {a.block_bits}, method {a.method}, runs {a.runs} (medians)")
+    print(f"slots {a.slots:.3g}, block_bits {a.block_bits}, method {a.method}, runs {a.runs} (medians), "
+          f"classical channel {'authenticated' if a.psk else 'not authenticated'}")
     for k, v in walls.items():
         print(f"  {k:15s} wall {med[k]:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
     print(f"  ratio chain / physical layer: {med['whole chain'] / med['physical layer']:.2f}")
@@ -84,6 +100,16 @@ def main() -> None:
           f" {rep['sifted_bits'] / med['whole chain']:.3g} sifted bit/s, {rep['final_key_bits'] / med['whole chain']:.3g}"
           f" final bit/s (wall)")
     print("  per-block stage time (DU half, s):", json.dumps({k: round(v, 4) for k, v in rep["stage_s_per_block"].items()}))
+    bmed = {k: statistics.median(v) for k, v in sorted(busy.items())}
+    print("  CPU time per block (s):", json.dumps({k: round(v, 4) for k, v in bmed.items()}))
+    both = 0.0
+    for node in sorted({k.split(":")[0] for k in bmed}):
+        tot = sum(v for k, v in bmed.items() if k.startswith(node + ":"))
+        both += tot
+        print(f"  {node}: distillation CPU {tot:.3f} s per block -> one core keeps up with {a.block_bits / tot:.3g} "
+              f"sifted bit/s")
+    print(f"  both nodes: {both:.3f} CPU-s per block -> two cores keep up with {2 * a.block_bits / both:.3g} sifted "
+          f"bit/s (one node per core: {a.block_bits / max(bmed and [sum(v for k, v in bmed.items() if k.startswith(n + ':')) for n in ('aau', 'du')]):.3g})")
     print("  messages per block:", json.dumps(rep["messages_per_block"]))
     print("  round trips per block:", json.dumps(rep["round_trips_per_block"]))
 

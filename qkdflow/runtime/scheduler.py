@@ -38,6 +38,7 @@ class BlockStats:
     messages_out: int = 0
     work_s: float = 0.0
     run_s: float = 0.0  # start() to the end of the block's stream
+    cpu_s: float | None = None  # CPU time of the block's own thread (thread-per-block scheduling only)
 
 
 @dataclass
@@ -164,6 +165,7 @@ class BlockRunner(threading.Thread):
         except Exception as e:  # a bug or bad data inside a block: name it, keep the traceback for -v
             self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
         finally:
+            self.stats.cpu_s = time.thread_time()   # the thread's own clock: everything it did was this block's
             if started and not stopped:  # a failure elsewhere: still release files and sockets the block holds
                 try:
                     blk.stop()
@@ -376,6 +378,8 @@ class NodeRunner:
             d = {"frames_in": s.frames_in, "frames_out": s.frames_out, "slots": s.slots, "items_out": s.items_out,
                  "messages_in": s.messages_in, "messages_out": s.messages_out, "work_s": round(s.work_s, 6),
                  "run_s": round(s.run_s, 6)}
+            if s.cpu_s is not None:
+                d["cpu_s"] = round(s.cpu_s, 6)
             d.update(r.block.counters)
             tagged = [x.auth for xs in r.senders.values() for x in xs if getattr(x, "auth", None) is not None]
             if tagged:   # authenticated peer edges: tags sent (one pad each) and messages sent with deferred tags
