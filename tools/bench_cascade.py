@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--min-frames", type=int, default=2)
     ap.add_argument("--no-wire", action="store_true", help="skip to_bytes/from_bytes of every message")
     ap.add_argument("--pin", action="store_true", help="pin the process to one CPU (the last allowed one)")
+    ap.add_argument("--same-seed", action="store_true",
+                    help="one permutation seed for every frame, as reconcile_du uses one per run (Cascade's "
+                         "permutations then come from its cache after the first frame; default: seed = frame index)")
     args = ap.parse_args()
 
     if args.pin and hasattr(os, "sched_setaffinity"):
@@ -67,7 +70,8 @@ def main() -> None:
     qbers = [float(q) / 100 for q in args.qbers.split(",")]
     sizes = [int(float(s)) for s in args.sizes.split(",")]
 
-    print(f"# numpy {np.__version__}; wire={'no' if args.no_wire else 'yes'}; single thread; Mbit/s = input bits"
+    print(f"# numpy {np.__version__}; wire={'no' if args.no_wire else 'yes'}; seeds "
+          f"{'one for all frames' if args.same_seed else 'one per frame'}; single thread; Mbit/s = input bits"
           f" per second per frame (median), wall clock and CPU time of this process")
     print(f"{'variant':9s} {'n':>8s} {'Q%':>5s} {'frames':>6s} {'f_mean':>7s} {'f_sd':>6s} {'FER':>9s} "
           f"{'rounds':>7s} {'msgs':>6s} {'wireKB':>7s} {'Mb/s':>6s} {'cpuMb/s':>7s} {'xorMb/s':>7s} {'x_orig':>6s}")
@@ -83,7 +87,7 @@ def main() -> None:
                 fs, rounds, msgs, wire, times, cpu, fails = [], [], [], [], [], [], 0
                 for i, (alice, bob) in enumerate(keys):
                     t0, c0 = time.perf_counter(), time.process_time()
-                    res = reconcile(alice, bob, q, v, seed=i, wire=not args.no_wire)
+                    res = reconcile(alice, bob, q, v, seed=0 if args.same_seed else i, wire=not args.no_wire)
                     times.append(time.perf_counter() - t0)
                     cpu.append(time.process_time() - c0)
                     fails += res.frame_error
