@@ -166,20 +166,30 @@ def _reference_parity(key: np.ndarray, seed: int, variant: str, qber: float, p: 
 
 
 def test_permutations_are_drawn_once_per_seed_and_shared_by_shorter_keys() -> None:
-    """A run keeps one seed: the second block (any length up to the same power of two) reuses the permutations
-    of [0, 2^k) (cache hits, no new draw) and still corrects every error; replies do not depend on the cache."""
+    """A run keeps one seed: the second block (another length up to the same power of two) reuses the permutations
+    of [0, 2^k) (no new draw), a block of the same length reuses the whole pass layout, every error is corrected,
+    and the replies do not depend on the caches."""
     from qkdflow.distill import cascade as cmod
-    cmod._master_permutation.cache_clear()
+
+    def clear():
+        cmod._master_permutation.cache_clear()
+        cmod._pass_layout.cache_clear()
+
+    clear()
     a1, b1 = _frame(3000, 0.03, 31)
     a2, b2 = _frame(2900, 0.03, 32)                           # same power of two (4096), another length
+    a3, b3 = _frame(3000, 0.03, 33)                           # block 1's length
     r1, req1, rep1 = _run_over_bytes(a1, b1, 0.03, "original", seed=5)
-    drawn = cmod._master_permutation.cache_info().misses
-    assert drawn == 4 * 1                                      # original: 4 permutation passes, drawn once each
+    assert cmod._master_permutation.cache_info().misses == 4  # original: 4 permutation passes, drawn once each
+    assert cmod._pass_layout.cache_info()[:2] == (8, 4)       # (hits, misses): built once per pass, then reused
+    r3, _, _ = _run_over_bytes(a3, b3, 0.03, "original", seed=5)
+    assert r3.rounds > 1 and cmod._pass_layout.cache_info()[:2] == (20, 4)   # same length: every layout reused
     r2, _, _ = _run_over_bytes(a2, b2, 0.03, "original", seed=5)
-    info = cmod._master_permutation.cache_info()
-    assert info.misses == drawn and info.hits >= 2 * 4        # Alice's and Bob's passes for block 2: all hits
-    assert np.array_equal(r1.corrected_key, a1) and np.array_equal(r2.corrected_key, a2)
-    cmod._master_permutation.cache_clear()                     # recomputed from scratch: the same replies
+    m = cmod._master_permutation.cache_info()
+    assert m.misses == 4 and m.hits == 4                      # block 2's layouts cut from the cached draws
+    for r, a in ((r1, a1), (r2, a2), (r3, a3)):
+        assert np.array_equal(r.corrected_key, a)
+    clear()                                                    # recomputed from scratch: the same replies
     _, req1b, rep1b = _run_over_bytes(a1, b1, 0.03, "original", seed=5)
     assert req1b == req1 and rep1b == rep1
 

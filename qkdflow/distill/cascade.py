@@ -338,6 +338,22 @@ def _master_permutation(seed: int, p: int, size: int) -> np.ndarray:
     return perm
 
 
+@functools.lru_cache(maxsize=4)
+def _pass_layout(seed: int, p: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation pass p of an n-bit key cut into blocks of k: (order padded to nb*k with sentinel n, block_of),
+    read-only. Cached too: the flowgraph's key blocks have one length (block_bits), so a run computes these once."""
+    nb = -(-n // k)
+    order = np.full(nb * k, n, dtype=np.int32)
+    master = _master_permutation(seed, p, 1 << (n - 1).bit_length())
+    order[:n] = master[master < n] if master.size > n else master
+    block_of = np.empty(n + 1, dtype=np.int32)
+    block_of[order] = np.repeat(np.arange(nb, dtype=np.int32), k)
+    order.setflags(write=False)
+    block_of = block_of[:n]
+    block_of.setflags(write=False)
+    return order, block_of
+
+
 class _Plan:
     def __init__(self, n: int, seed: int, variant: str | CascadeVariant, qber_estimate: float) -> None:
         self.variant = _resolve_variant(variant)
@@ -368,13 +384,13 @@ class _Plan:
         return _pass_rng(self.seed, p)
 
     def permutation(self, p: int) -> tuple[np.ndarray, int, int]:
-        """(order padded to nb*k with sentinel n, k, nb)."""
+        """(order padded to nb*k with sentinel n, k, nb); read-only, shared by the keys of this length and seed."""
         k = self.block_sizes[p]
-        nb = -(-self.n // k)
-        order = np.full(nb * k, self.n, dtype=np.int32)
-        master = _master_permutation(self.seed, p, 1 << (self.n - 1).bit_length())
-        order[: self.n] = master[master < self.n] if master.size > self.n else master
-        return order, k, nb
+        return _pass_layout(self.seed, p, self.n, k)[0], k, -(-self.n // k)
+
+    def block_of(self, p: int) -> np.ndarray:
+        """block_of[i] = the block of pass p holding key bit i (read-only)."""
+        return _pass_layout(self.seed, p, self.n, self.block_sizes[p])[1]
 
     def mask(self, p: int) -> np.ndarray:
         words = np.frombuffer(self.rng(p).bytes(8 * self.n_words), dtype="<u8").astype(np.uint64)
@@ -642,12 +658,10 @@ class CascadeAlice:
 class _PermPass:
     __slots__ = ("order", "k", "nb", "last", "block_of", "alice", "bob", "known")
 
-    def __init__(self, order: np.ndarray, k: int, nb: int, n: int, reuse: bool) -> None:
+    def __init__(self, order: np.ndarray, k: int, nb: int, n: int, reuse: bool, block_of: np.ndarray) -> None:
         self.order, self.k, self.nb = order, k, nb
         self.last = n - (nb - 1) * k
-        block_of = np.empty(n + 1, dtype=np.int32)
-        block_of[order] = np.repeat(np.arange(nb, dtype=np.int32), k)
-        self.block_of = block_of[:n]
+        self.block_of = block_of
         self.alice = np.zeros(nb, dtype=np.uint8)
         self.bob = np.zeros(nb, dtype=np.uint8)
         # Disclosed node parities (Alice's), heap-indexed per block; -1 = unknown. Only kept with reuse.
@@ -778,7 +792,7 @@ class CascadeBob:
             self._mask_stack[len(self._mask_ids) - 1] = mp.words
         else:
             order, k, nb = plan.permutation(p)
-            pp = _PermPass(order, k, nb, self._n, plan.variant.subblock_reuse)
+            pp = _PermPass(order, k, nb, self._n, plan.variant.subblock_reuse, plan.block_of(p))
             pp.bob[:] = np.bitwise_xor.reduce(self._key[order].reshape(nb, k), axis=1)
             self._passes.append(pp)
 
