@@ -423,13 +423,20 @@ def build_code_lift(n: int, rate: float, seed: int, family: str = DEFAULT_FAMILY
     e0 = base.edge_var.size
     shift = rng.integers(0, z, size=e0)
     check_ptr = np.concatenate([[0], np.cumsum(np.repeat(deg0, z))]).astype(np.int64)
-    check_of = np.repeat(np.arange(base.m), deg0)
-    k = np.arange(e0) - base.check_ptr[check_of]          # position of the edge within its base check
-    t = np.arange(z)
-    pos = check_ptr[:-1][check_of[:, None] * z + t[None, :]] + k[:, None]
+    # int32 below (every index < e0 z <= 2^31 - 1, checked): a quarter of the int64 version's bytes, same values
+    if e0 * z >= 2**31:
+        raise ValueError(f"n: {n} gives {e0 * z} edges, more than this construction indexes")
+    check_of = np.repeat(np.arange(base.m, dtype=np.int32), deg0)
+    k = (np.arange(e0, dtype=np.int32) - base.check_ptr[check_of].astype(np.int32))   # edge's place in its check
+    t = np.arange(z, dtype=np.int32)
+    # base check c's copy t starts at check_ptr[c z + t] = z ptr0[c] + t deg0[c] (all copies of c have its degree)
+    start = base.check_ptr[check_of].astype(np.int32) * z + k
+    pos = start[:, None] + t[None, :] * deg0[check_of].astype(np.int32)[:, None]
     edge_var = np.empty(e0 * z, dtype=np.int32)
     # check (c, t) holds (v, (t - s) mod Z): ascending in v, hence in v Z + copy, as the base rows are
-    edge_var[pos.ravel()] = (base.edge_var.astype(np.int64)[:, None] * z + (t[None, :] - shift[:, None]) % z).ravel()
+    copy = t[None, :] - shift.astype(np.int32)[:, None]
+    copy += z * (copy < 0)
+    edge_var[pos.ravel()] = (base.edge_var.astype(np.int32)[:, None] * z + copy).ravel()
     punct = (base.puncture_order.astype(np.int64)[:, None] * z + t[None, :]).ravel()
     mask = np.ones(n, dtype=bool)
     mask[punct] = False
