@@ -559,3 +559,39 @@ def test_peer_data_frames_with_wrong_part_counts_or_sizes_are_errors(tmp_path):
     raw.close()
     rx.close()
     ctx.term()
+
+
+class Spin(Block):
+    """Passes frames through after burning ``cpu_ms`` of CPU on each (a busy loop: thread CPU, not sleep)."""
+
+    params = (Param("cpu_ms", float, 5.0, low=0.0),)
+    inputs = (Stream("in"),)
+    outputs = (Stream("out"),)
+
+    def work(self, ins):
+        t_end = time.thread_time() + self.cpu_ms / 1000
+        while time.thread_time() < t_end:
+            pass
+        return {"out": ins["in"]}
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "single"])
+def test_block_cpu_time_is_reported_per_block_thread(tmp_path, scheduler):
+    """Thread-per-block: each block's cpu_s is its own thread's CPU clock, so the busy block carries its 20 x 10 ms
+    and the copy beside it far less. The single-thread scheduler cannot split one thread's clock by block: no cpu_s."""
+    path = write(tmp_path, f"""\
+        nodes: {{main: {{scheduler: {scheduler}}}}}
+        blocks:
+          s: {{type: slot_source, frames: 20, slots_per_frame: 10}}
+          spin: {{type: test_runtime:Spin, cpu_ms: 10}}
+          c: {{type: copy}}
+          k: {{type: null_sink}}
+        connections: [[s.out, spin.in], [spin.out, c.in], [c.out, k.in]]
+        """)
+    res = NodeRunner(load_flowgraph(path), "main").run(timeout_s=60)
+    assert res.ok, res.failure
+    if scheduler == "single":
+        assert all("cpu_s" not in b for b in res.blocks.values())
+        return
+    spin, copy = res.blocks["spin"]["cpu_s"], res.blocks["c"]["cpu_s"]
+    assert 0.2 <= spin <= res.wall_s and copy < spin / 2
