@@ -125,13 +125,15 @@ class SiftAau(BlockSizeMixin, Half):
             self._waiting.popleft()
             cls, basis, bit = prng.prep_choices(self._desc, slots)
             match = basis == bases
-            self._send_raw(envelope("sift", "sifted", "", 0, seq, match=pack_bits(match),
-                                    cls=np.ascontiguousarray(cls[match]),
-                                    test_bits=np.ascontiguousarray(bit[match & (basis == 1)])))
-            for k, v in (("slot", slots[match]), ("basis", basis[match]), ("bit", bit[match]),
-                         ("cls", cls[match])):
+            # index arrays, each found once: a boolean-mask gather costs ~7x a take with the indices (numpy 2,
+            # random masks; measured per 24k-click chunk)
+            idx = np.flatnonzero(match)
+            mb, mcls, mbit = basis[idx], cls[idx], bit[idx]
+            self._send_raw(envelope("sift", "sifted", "", 0, seq, match=pack_bits(match), cls=mcls,
+                                    test_bits=mbit[np.flatnonzero(mb)]))
+            for k, v in (("slot", slots[idx]), ("basis", mb), ("bit", mbit), ("cls", mcls)):
                 self._fifo[k].append(v)
-            self.count("matched", int(match.sum()))
+            self.count("matched", int(idx.size))
 
     def _on_cut(self, msg: dict, bid: str, num: int) -> None:
         a = {k: (np.concatenate(v) if v else np.zeros(0, np.int64 if k == "slot" else np.uint8))
@@ -141,8 +143,9 @@ class SiftAau(BlockSizeMixin, Half):
         part = {k: v[:end] for k, v in a.items()}
         self._fifo = {k: [v[end:]] for k, v in a.items()}
         key = part["basis"] == 0
-        n_key, n_test = int(key.sum()), int((~key).sum())
-        blk = KeyBlock(num, bid, part["bit"][key], {})
+        ki, ti = np.flatnonzero(key), np.flatnonzero(~key)
+        n_key, n_test = int(ki.size), int(ti.size)
+        blk = KeyBlock(num, bid, part["bit"][ki], {})
         if num != self._num + 1:
             raise BlockError(f"sift: block number {num} after {self._num}")
         self._num = num
@@ -158,8 +161,8 @@ class SiftAau(BlockSizeMixin, Half):
             return
         blk.info = {"num": num, "block": bid, "first_slot": int(part["slot"][0]) if end else -1, "last_slot": last,
                     "n_key": n_key, "n_test": n_test,
-                    "n_x": np.bincount(part["cls"][key], minlength=3).tolist(),
-                    "n_z": np.bincount(part["cls"][~key], minlength=3).tolist(), "source": self._source}
+                    "n_x": np.bincount(part["cls"][ki], minlength=3).tolist(),
+                    "n_z": np.bincount(part["cls"][ti], minlength=3).tolist(), "source": self._source}
         blk.msgs = 2
         blk.trips = 1
         self._send_raw(envelope("sift", "cut_ok", bid, num, 0, source=self._source))

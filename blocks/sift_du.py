@@ -162,15 +162,17 @@ class SiftDu(BlockSizeMixin, Half):
             tb = np.asarray(msg["test_bits"], dtype=np.uint8)
         except (KeyError, ProtocolError) as e:
             raise BlockError(f"sift: malformed answer: {e}") from None
-        mb = basis[match]
-        if cls.size != mb.size or tb.size != int((mb == 1).sum()) or (cls.size and cls.max() > 2):
+        idx = np.flatnonzero(match)           # indices once: cheaper than boolean-mask gathers (see sift_aau)
+        mb = basis[idx]
+        xi = np.flatnonzero(mb)               # the matched test-basis (X) entries
+        if cls.size != mb.size or tb.size != xi.size or (cls.size and cls.max() > 2):
             raise BlockError("sift: answer sizes do not match the announced chunk")
         abit = np.zeros(mb.size, np.uint8)
-        abit[mb == 1] = tb
-        for k, v in (("slot", slots[match]), ("basis", mb), ("bit", bit[match]), ("cls", cls), ("abit", abit)):
+        abit[xi] = tb
+        for k, v in (("slot", slots[idx]), ("basis", mb), ("bit", bit[idx]), ("cls", cls), ("abit", abit)):
             self._fifo[k].append(v)
-        self._fifo_key += int((mb == 0).sum())
-        self.count("matched", int(match.sum()))
+        self._fifo_key += int(mb.size - xi.size)
+        self.count("matched", int(idx.size))
 
     # ---- block cutting ----
     def _fifo_arrays(self) -> dict:
@@ -191,19 +193,19 @@ class SiftDu(BlockSizeMixin, Half):
         part = {k: v[:end] for k, v in a.items()}
         for k, v in a.items():
             self._fifo[k] = [v[end:]]
-        key = part["basis"] == 0
-        n_key = int(key.sum())
+        ki = key_idx[:int(np.searchsorted(key_idx, end))]      # key-basis entries of the block (indices)
+        ti = np.flatnonzero(part["basis"])                      # test-basis entries
+        n_key = int(ki.size)
         self._fifo_key -= n_key
         self._num += 1
         bid = new_block_id()
-        test = ~key
-        err = (part["bit"][test] != part["abit"][test]).astype(np.uint8)
+        err = (part["bit"][ti] != part["abit"][ti]).astype(np.uint8)
         info = {"num": self._num, "block": bid, "first_slot": int(part["slot"][0]),
-                "last_slot": int(part["slot"][-1]), "n_key": n_key, "n_test": int(test.sum()), "final": final}
-        blk = KeyBlock(self._num, bid, part["bit"][key], info,
-                       {"key_cls": part["cls"][key], "test_cls": part["cls"][test], "test_err": err})
+                "last_slot": int(part["slot"][-1]), "n_key": n_key, "n_test": int(ti.size), "final": final}
+        blk = KeyBlock(self._num, bid, part["bit"][ki], info,
+                       {"key_cls": part["cls"][ki], "test_cls": part["cls"][ti], "test_err": err})
         self._send_raw(envelope("sift", "cut", bid, self._num, 0, last_slot=int(part["slot"][-1]), n_key=n_key,
-                                n_test=int(test.sum()), final=final))
+                                n_test=int(ti.size), final=final))
         blk.msgs += 1 + 2 * self._chunks_since_cut  # a chunk straddling two blocks is counted in the first
         self._chunks_since_cut = 0
         self._cuts.append(blk)
