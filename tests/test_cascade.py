@@ -167,13 +167,13 @@ def _reference_parity(key: np.ndarray, seed: int, variant: str, qber: float, p: 
 
 def test_permutations_are_drawn_once_per_seed_and_shared_by_shorter_keys() -> None:
     """A run keeps one seed: the second block (another length up to the same power of two) reuses the permutations
-    of [0, 2^k) (no new draw), a block of the same length reuses the whole pass layout, every error is corrected,
-    and the replies do not depend on the caches."""
+    of [0, 2^k) (no new draw), a block of the same length reuses each pass order whatever its block sizes, every
+    error is corrected, and the replies do not depend on the caches."""
     from qkdflow.distill import cascade as cmod
 
     def clear():
         cmod._master_permutation.cache_clear()
-        cmod._pass_layout.cache_clear()
+        cmod._pass_order.cache_clear()
 
     clear()
     a1, b1 = _frame(3000, 0.03, 31)
@@ -181,9 +181,9 @@ def test_permutations_are_drawn_once_per_seed_and_shared_by_shorter_keys() -> No
     a3, b3 = _frame(3000, 0.03, 33)                           # block 1's length
     r1, req1, rep1 = _run_over_bytes(a1, b1, 0.03, "original", seed=5)
     assert cmod._master_permutation.cache_info().misses == 4  # original: 4 permutation passes, drawn once each
-    assert cmod._pass_layout.cache_info()[:2] == (8, 4)       # (hits, misses): built once per pass, then reused
-    r3, _, _ = _run_over_bytes(a3, b3, 0.03, "original", seed=5)
-    assert r3.rounds > 1 and cmod._pass_layout.cache_info()[:2] == (20, 4)   # same length: every layout reused
+    assert cmod._pass_order.cache_info()[:2] == (8, 4)        # (hits, misses): built once per pass, then reused
+    r3, _, _ = _run_over_bytes(a3, b3, 0.05, "original", seed=5)    # another QBER estimate: other block sizes k
+    assert r3.rounds > 1 and cmod._pass_order.cache_info().misses == 4   # same length: every pass order reused
     r2, _, _ = _run_over_bytes(a2, b2, 0.03, "original", seed=5)
     m = cmod._master_permutation.cache_info()
     assert m.misses == 4 and m.hits == 4                      # block 2's layouts cut from the cached draws

@@ -339,19 +339,18 @@ def _master_permutation(seed: int, p: int, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _pass_layout(seed: int, p: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Permutation pass p of an n-bit key cut into blocks of k: (order padded to nb*k with sentinel n, block_of),
-    read-only. Cached too: the flowgraph's key blocks have one length (block_bits), so a run computes these once."""
-    nb = -(-n // k)
-    order = np.full(nb * k, n, dtype=np.int32)
+def _pass_order(seed: int, p: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation pass p of an n-bit key: (order, position), read-only; ``order[j]`` = the key index at shuffled
+    position j, ``position[i]`` = where key bit i sits (the inverse; its block is position // k). Neither depends
+    on the block size k, which follows each block's QBER estimate, so a run's key blocks of one length (block_bits)
+    share them."""
     master = _master_permutation(seed, p, 1 << (n - 1).bit_length())
-    order[:n] = master[master < n] if master.size > n else master
-    block_of = np.empty(n + 1, dtype=np.int32)
-    block_of[order] = np.repeat(np.arange(nb, dtype=np.int32), k)
+    order = master[master < n] if master.size > n else master
+    position = np.empty(n, dtype=np.int32)
+    position[order] = np.arange(n, dtype=np.int32)
     order.setflags(write=False)
-    block_of = block_of[:n]
-    block_of.setflags(write=False)
-    return order, block_of
+    position.setflags(write=False)
+    return order, position
 
 
 class _Plan:
@@ -384,13 +383,16 @@ class _Plan:
         return _pass_rng(self.seed, p)
 
     def permutation(self, p: int) -> tuple[np.ndarray, int, int]:
-        """(order padded to nb*k with sentinel n, k, nb); read-only, shared by the keys of this length and seed."""
+        """(order padded to nb*k with sentinel n, k, nb)."""
         k = self.block_sizes[p]
-        return _pass_layout(self.seed, p, self.n, k)[0], k, -(-self.n // k)
+        nb = -(-self.n // k)
+        order = np.full(nb * k, self.n, dtype=np.int32)
+        order[: self.n] = _pass_order(self.seed, p, self.n)[0]
+        return order, k, nb
 
-    def block_of(self, p: int) -> np.ndarray:
-        """block_of[i] = the block of pass p holding key bit i (read-only)."""
-        return _pass_layout(self.seed, p, self.n, self.block_sizes[p])[1]
+    def position(self, p: int) -> np.ndarray:
+        """position[i] = where key bit i sits in pass p's order (read-only): its block is position // k."""
+        return _pass_order(self.seed, p, self.n)[1]
 
     def mask(self, p: int) -> np.ndarray:
         words = np.frombuffer(self.rng(p).bytes(8 * self.n_words), dtype="<u8").astype(np.uint64)
@@ -656,12 +658,12 @@ class CascadeAlice:
 # Bob
 # ----------------------------------------------------------------------------------------------------
 class _PermPass:
-    __slots__ = ("order", "k", "nb", "last", "block_of", "alice", "bob", "known")
+    __slots__ = ("order", "k", "nb", "last", "position", "alice", "bob", "known")
 
-    def __init__(self, order: np.ndarray, k: int, nb: int, n: int, reuse: bool, block_of: np.ndarray) -> None:
+    def __init__(self, order: np.ndarray, k: int, nb: int, n: int, reuse: bool, position: np.ndarray) -> None:
         self.order, self.k, self.nb = order, k, nb
         self.last = n - (nb - 1) * k
-        self.block_of = block_of
+        self.position = position
         self.alice = np.zeros(nb, dtype=np.uint8)
         self.bob = np.zeros(nb, dtype=np.uint8)
         # Disclosed node parities (Alice's), heap-indexed per block; -1 = unknown. Only kept with reuse.
@@ -792,7 +794,7 @@ class CascadeBob:
             self._mask_stack[len(self._mask_ids) - 1] = mp.words
         else:
             order, k, nb = plan.permutation(p)
-            pp = _PermPass(order, k, nb, self._n, plan.variant.subblock_reuse, plan.block_of(p))
+            pp = _PermPass(order, k, nb, self._n, plan.variant.subblock_reuse, plan.position(p))
             pp.bob[:] = np.bitwise_xor.reduce(self._key[order].reshape(nb, k), axis=1)
             self._passes.append(pp)
 
@@ -1062,7 +1064,7 @@ class CascadeBob:
         np.bitwise_xor.at(self._words, flips >> 6, np.left_shift(np.uint64(1), (flips & 63).astype(np.uint64)))
         for ps in self._passes:
             if isinstance(ps, _PermPass):
-                ps.bob ^= (np.bincount(ps.block_of[flips], minlength=ps.nb) & 1).astype(np.uint8)
+                ps.bob ^= (np.bincount(ps.position[flips] // ps.k, minlength=ps.nb) & 1).astype(np.uint8)
         if self._mask_ids:
             w = self._mask_stack[: len(self._mask_ids), flips >> 6] >> (flips & 63).astype(np.uint64)
             ones = np.sum(w & np.uint64(1), axis=1, dtype=np.int64)
