@@ -73,7 +73,7 @@ def main() -> None:
         yaml.safe_dump(base, f)
     walls = {"physical layer": [], "whole chain": []}
     rep = None
-    busy: dict[str, list[float]] = {}    # stage half -> CPU seconds per block, per run
+    cpu: dict[str, list[float]] = {}    # "node:stage half" -> CPU seconds per block, per run
     for i in range(a.runs):  # interleaved, so load changes hit both alike
         walls["physical layer"].append(run(phys, [])[0])
         for side in ("a", "d"):
@@ -89,7 +89,7 @@ def main() -> None:
         for node, blocks in s["nodes"].items():
             for name, st in blocks.items():
                 if isinstance(st, dict) and "busy_s" in st and "cpu_s" in st:    # the distillation stage halves
-                    busy.setdefault(f"{node}:{name}", []).append(st["cpu_s"] / nb)
+                    cpu.setdefault(f"{node}:{name}", []).append(st["cpu_s"] / nb)
     med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"slots {a.slots:.3g}, block_bits {a.block_bits}, method {a.method}, runs {a.runs} (medians), "
           f"classical channel {'authenticated' if a.psk else 'not authenticated'}")
@@ -100,16 +100,17 @@ def main() -> None:
           f" {rep['sifted_bits'] / med['whole chain']:.3g} sifted bit/s, {rep['final_key_bits'] / med['whole chain']:.3g}"
           f" final bit/s (wall)")
     print("  per-block stage time (DU half, s):", json.dumps({k: round(v, 4) for k, v in rep["stage_s_per_block"].items()}))
-    bmed = {k: statistics.median(v) for k, v in sorted(busy.items())}
-    print("  CPU time per block (s):", json.dumps({k: round(v, 4) for k, v in bmed.items()}))
-    both = 0.0
-    for node in sorted({k.split(":")[0] for k in bmed}):
-        tot = sum(v for k, v in bmed.items() if k.startswith(node + ":"))
-        both += tot
+    cmed = {k: statistics.median(v) for k, v in sorted(cpu.items())}
+    print("  CPU time per block (s):", json.dumps({k: round(v, 4) for k, v in cmed.items()}))
+    per_node: dict[str, float] = {}
+    for k, v in cmed.items():
+        per_node[k.split(":")[0]] = per_node.get(k.split(":")[0], 0.0) + v
+    for node, tot in sorted(per_node.items()):
         print(f"  {node}: distillation CPU {tot:.3f} s per block -> one core keeps up with {a.block_bits / tot:.3g} "
               f"sifted bit/s")
+    both = sum(per_node.values())
     print(f"  both nodes: {both:.3f} CPU-s per block -> two cores keep up with {2 * a.block_bits / both:.3g} sifted "
-          f"bit/s (one node per core: {a.block_bits / max(bmed and [sum(v for k, v in bmed.items() if k.startswith(n + ':')) for n in ('aau', 'du')]):.3g})")
+          f"bit/s (one node per core: {a.block_bits / max(per_node.values()):.3g})")
     print("  messages per block:", json.dumps(rep["messages_per_block"]))
     print("  round trips per block:", json.dumps(rep["round_trips_per_block"]))
 

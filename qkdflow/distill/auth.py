@@ -175,10 +175,8 @@ class _PolyKey:
         self._pw = _powers(keys, 64)
 
     def hash(self, words: np.ndarray) -> list[int]:
-        c = _verify._poly61
-        if c is not None:      # Horner's rule in C (exact); the cached powers below are the numpy path
-            w = np.ascontiguousarray(words, dtype=np.uint64)
-            return [c.horner(0, int(r), w) for r in self.keys]
+        if _verify._poly61 is not None:      # Horner's rule in C; the cached powers below are the numpy path
+            return _verify.poly_hash_words(words, self.keys)
         n = words.size
         if self._pw.shape[1] < n:
             self._pw = _powers(self.keys, max(n, 2 * self._pw.shape[1]))

@@ -94,33 +94,36 @@ class EdgeAuth:
         """One Horner step: hash(prefix + [word]) from hash(prefix)."""
         return (acc + word) * self._r % self._p
 
-    def _feed(self, acc: int, seq: int, parts: list) -> int:
+    def _feed(self, acc: int, seq: int, parts: list, nbytes: int) -> int:
         """Horner's rule from acc over one message's words (``_words``: seq, the 56-bit words of label + parts,
-        their bit length); with the C extension straight from the buffers, without building the words."""
+        their bit length; nbytes = the label's and parts' bytes); with the C extension straight from the buffers,
+        without building the words."""
         if self._c is None:
             words = _words(seq, self._label, parts)
             return (acc * pow(self._r, int(words.size), self._p) + self._hash.hash(words)[0]) % self._p
         acc = self._c.horner_bytes56(self._step(acc, seq), self._r, [self._label, *parts])
-        return self._step(acc, 8 * self._nbytes(parts))
+        return self._step(acc, 8 * nbytes)
 
     def _nbytes(self, parts: list) -> int:
         return len(self._label) + sum(memoryview(p).nbytes for p in parts)
 
+    def _transcript_feed(self, acc: int, seq: int, parts: list) -> int:
+        """One more message of a transcript: its word count, then its words."""
+        nbytes = self._nbytes(parts)
+        n_words = 2 + -(-8 * nbytes // 56)                 # seq, the 56-bit words, the length word
+        return self._feed(self._step(acc, n_words), seq, parts, nbytes)
+
     def _defer(self, seq: int, parts: list) -> None:
         acc = self._acc if self._acc is not None else self._step(0, TRANSCRIPT_WORD)
-        self._acc = self._feed(self._step(acc, self._n_words(parts)), seq, parts)
+        self._acc = self._transcript_feed(acc, seq, parts)
         self._n_pending += 1
         self.deferred += 1
-
-    def _n_words(self, parts: list) -> int:
-        return 2 + -(-8 * self._nbytes(parts) // 56)     # seq, the 56-bit words, the length word
 
     def _digest(self, seq: int, parts: list) -> int:
         """The hash one tag covers: this message's words, or the transcript of the deferred ones and this one."""
         if self._acc is None:
-            return self._feed(0, seq, parts)
-        acc = self._feed(self._step(self._acc, self._n_words(parts)), seq, parts)
-        return self._step(acc, self._n_pending + 1)
+            return self._feed(0, seq, parts, self._nbytes(parts))
+        return self._step(self._transcript_feed(self._acc, seq, parts), self._n_pending + 1)
 
     def _value(self, seq: int, parts: list, pad: int) -> bytes:
         return ((self._digest(seq, parts) + pad) % self._p).to_bytes(8, "big")

@@ -241,20 +241,19 @@ class EdgeReceiver:
                 if not (sock.getsockopt(_RCVMORE) if copy else p.more):
                     break
         verified = None
+        bufs = [p if isinstance(p, bytes) else p.buffer for p in parts[1:]]   # the payload parts (and tag)
         if self.auth is not None:
             if kind == wire.DATA or len(parts) < 2:
                 raise wire.WireError(f"edge {self.label}: unauthenticated part on an authenticated edge")
-            verified = self.auth.verify([head] + [p if isinstance(p, bytes) else p.buffer for p in parts[1:-1]], seq,
-                                        bytes(parts[-1]))
+            verified = self.auth.verify([head] + bufs[:-1], seq, bytes(bufs[-1]))
             if not verified and kind == wire.EOS:
                 raise AuthFailure(f"edge {self.label}: end of stream without its authentication tag; the run stops")
-            parts = parts[:-1]
+            parts, bufs = parts[:-1], bufs[:-1]
         self.expect += 1
         if kind == wire.EOS:
             self.ended = True
             return kind, None
         try:
-            bufs = [p if isinstance(p, bytes) else p.buffer for p in parts[1:]]
             self._big = any(len(b) >= _ZERO_COPY for b in bufs)
             if kind == wire.DATA:
                 if len(parts) != 2:
