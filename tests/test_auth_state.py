@@ -235,3 +235,21 @@ def test_a_message_without_its_tag_into_a_block_that_takes_none_fails(tmp_path):
     rx = _edge(b, False)
     with pytest.raises(AuthFailure, match="without its tag, into a block that takes none"):
         rx.verify([b"commit"], 0, DEFER_MARK)
+
+
+def test_a_failure_on_deferred_input_says_it_was_not_yet_authenticated(tmp_path):
+    """A block that finds a deferred message inconsistent fails before the covering tag arrives: its failure says
+    the edge held messages not yet authenticated (tampering is as likely as a faulty peer); after the tag, nothing."""
+    from types import SimpleNamespace
+
+    from qkdflow.runtime.auth import unauthenticated_note
+    tx, rx, msgs, tags = _deferred_run(tmp_path)
+    receivers = [SimpleNamespace(auth=rx), SimpleNamespace(auth=None)]
+    for (seq, parts), tag in list(zip(msgs, tags))[:3]:
+        rx.verify(parts, seq, tag)
+    assert rx.pending == 3
+    assert unauthenticated_note(receivers) == (" (edge x->y: 3 deferred message(s) delivered and not yet "
+                                               "authenticated: altered in transit or a faulty peer)")
+    for (seq, parts), tag in list(zip(msgs, tags))[3:]:
+        rx.verify(parts, seq, tag)
+    assert rx.pending == 0 and unauthenticated_note(receivers) == ""

@@ -90,6 +90,11 @@ class EdgeAuth:
         self._acc: int | None = None
         self.lock = threading.Lock()
 
+    @property
+    def pending(self) -> int:
+        """Deferred messages received (or sent) since the edge's last tag: not authenticated yet."""
+        return self._n_pending
+
     def _step(self, acc: int, word: int) -> int:
         """One Horner step: hash(prefix + [word]) from hash(prefix)."""
         return (acc + word) * self._r % self._p
@@ -193,6 +198,15 @@ class EdgeAuth:
             self.tags += 1
             self._acc, self._n_pending = None, 0
         return True
+
+
+def unauthenticated_note(receivers) -> str:
+    """For a block that failed on its input: a note naming its edges that hold deferred messages not yet
+    authenticated -- an inconsistency found in them may be tampering on the wire, not a fault of the peer."""
+    held = [(r.auth.label, r.auth.pending) for r in receivers
+            if getattr(r, "auth", None) is not None and r.auth.pending]
+    return "".join(f" (edge {label}: {n} deferred message(s) delivered and not yet authenticated: altered in transit "
+                   "or a faulty peer)" for label, n in held)
 
 
 class NodeAuth:

@@ -37,6 +37,10 @@ class Watchdog:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self.lost: str | None = None
+        #: the edge whose connection dropped first: the one to name, even when another edge's loss is noticed sooner
+        #: (a receiver waits DRAIN_GRACE_S; a malformed frame makes this end's ZeroMQ drop that edge, and the peer's
+        #: reaction then drops this node's sender edges at once)
+        self._first_drop = None
         self._thread = threading.Thread(target=self._run, name=f"{node}:liveness", daemon=True)
         with _LOCK:
             _WATCHDOGS[id(ctx)] = self
@@ -87,6 +91,8 @@ class Watchdog:
                         del socks[m]
                     elif event == zmq.EVENT_DISCONNECTED and state[1] and not state[0].ended:
                         # (after a completed handshake only: a refused CURVE peer never was a peer)
+                        if self._first_drop is None:
+                            self._first_drop = state[0]
                         if hasattr(state[0], "expect"):  # a receiver: its EOS may still wait in the queue
                             draining[state[0]] = (time.monotonic(), state[0].expect)
                         else:
@@ -106,9 +112,11 @@ class Watchdog:
                 m.close()
 
     def _lose(self, edge) -> None:
+        edge = self._first_drop or edge
         peer = self.peers.get(edge.label, "the peer node")
         reason = (f"peer node {peer} disconnected on edge {edge.label} before its end of stream (killed, crashed "
-                  "or unreachable); messages may be lost, so this run stops")
+                  "or unreachable, or a corrupted frame broke the connection); messages may be lost, so this run "
+                  "stops")
         if self.lost is None:
             self.lost = reason
             self.on_lost(reason)

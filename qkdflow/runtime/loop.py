@@ -19,7 +19,7 @@ from time import perf_counter
 import zmq
 
 from . import wire
-from .auth import AuthFailure
+from .auth import AuthFailure, unauthenticated_note
 from .block import DONE, Block, BlockError, Frame
 from .scheduler import BlockStats, NodeFailure, deliver, output_frames, work_aligned  # scheduler loads us lazily
 from .transport import POLL_MS, EdgeReceiver, EdgeSender
@@ -271,12 +271,16 @@ def run_single(node, blocks: list[CoopBlock]) -> None:
                 for sock, ev in b.waits():
                     poller.register(sock, ev)
             poller.poll(POLL_MS)
-    except (wire.WireError, AuthFailure, BlockError) as e:
+    except (wire.WireError, AuthFailure) as e:
         node.fail(NodeFailure(node.name, current.block.name if current else "-", str(e)))
+    except BlockError as e:
+        node.fail(NodeFailure(node.name, current.block.name if current else "-",
+                              str(e) + (unauthenticated_note(current.receivers.values()) if current else "")))
     except zmq.ZMQError as e:
         node.fail(NodeFailure(node.name, current.block.name if current else "-", f"edge socket: {e}"))
     except Exception as e:  # a bug or bad data inside a block: name it, keep the traceback for -v
-        node.fail(NodeFailure(node.name, current.block.name if current else "-", f"{type(e).__name__}: {e}",
+        note = unauthenticated_note(current.receivers.values()) if current else ""
+        node.fail(NodeFailure(node.name, current.block.name if current else "-", f"{type(e).__name__}: {e}{note}",
                               traceback.format_exc()))
     finally:
         failing = node.stop.is_set()

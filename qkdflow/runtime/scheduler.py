@@ -23,7 +23,7 @@ import zmq
 from . import wire
 from .block import DONE, Block, BlockError, Frame
 from . import liveness
-from .auth import AuthFailure, NodeAuth
+from .auth import AuthFailure, NodeAuth, unauthenticated_note
 from .graph import Edge, Graph
 from .transport import POLL_MS, EdgeReceiver, EdgeSender, Stopped, tune_malloc
 
@@ -161,9 +161,10 @@ class BlockRunner(threading.Thread):
         except (wire.WireError, AuthFailure) as e:
             self._fail(str(e), "")
         except BlockError as e:
-            self._fail(str(e), "")
+            self._fail(str(e) + unauthenticated_note(self.receivers.values()), "")
         except Exception as e:  # a bug or bad data inside a block: name it, keep the traceback for -v
-            self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+            self._fail(f"{type(e).__name__}: {e}" + unauthenticated_note(self.receivers.values()),
+                       traceback.format_exc())
         finally:
             self.stats.cpu_s = time.thread_time()   # the thread's own clock: everything it did was this block's
             if started and not stopped:  # a failure elsewhere: still release files and sockets the block holds
