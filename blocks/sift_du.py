@@ -26,6 +26,7 @@ Ports: in clicks (CLICK_DTYPE); sync out; key out (to estimate_du); peer in/out 
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import numpy as np
@@ -85,6 +86,7 @@ class SiftDu(BlockSizeMixin, Half):
         self._chunk_seq = 0
         self._reply_seq = 0
         self._outstanding: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._sent_t: deque[float] = deque()  # when each outstanding chunk was sent (Block.awaiting_peer)
         # FIFO of matched entries: slot, basis, bob bit, class, alice test bit
         self._fifo = {k: [] for k in ("slot", "basis", "bit", "cls", "abit")}
         self._fifo_key = 0
@@ -111,10 +113,18 @@ class SiftDu(BlockSizeMixin, Half):
             self.count("double_clicks", int(double.sum()))
             self.count("cross_basis_clicks", int(cross.sum()))
             self._outstanding.append((slots, basis, bit))
+            self._sent_t.append(time.monotonic())
             self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, slots=slots, bases=basis))
             self._chunk_seq += 1
             self._chunks_since_cut += 1
         return {"sync": self.pass_sync(f)}
+
+    def awaiting_peer(self) -> tuple[float, str] | None:
+        """Chunks sent and not yet answered: the AAU owes their answers (Block.awaiting_peer)."""
+        if not self._outstanding:
+            return None
+        return (max(self._peer_in_t, self._sent_t[0]),
+                f"sift: {len(self._outstanding)} chunk(s) wait for the AAU's answers")
 
     def end(self):
         self._clicks_ended = True
@@ -156,6 +166,7 @@ class SiftDu(BlockSizeMixin, Half):
             raise BlockError(f"sift: answer seq {seq} out of order (expected {self._reply_seq})")
         self._reply_seq += 1
         slots, basis, bit = self._outstanding.popleft()
+        self._sent_t.popleft()
         try:
             match = unpack_bits(msg["match"], slots.size).astype(bool)
             cls = np.asarray(msg["cls"], dtype=np.uint8)

@@ -103,13 +103,21 @@ class Pinger(Block):
     def start(self):
         self.sent = 0
         self.got = []
+        self.since = time.monotonic()
 
     def work(self, ins):
+        if self.sent == len(self.got):
+            self.since = time.monotonic()
         self.emit("ping", {"i": self.sent, "slots": np.arange(ins["in"].start, ins["in"].stop)[:3]})
         self.sent += 1
 
     def handle(self, port, msg):
         self.got.append(msg["i"])
+        self.since = time.monotonic()
+
+    def awaiting_peer(self):
+        n = self.sent - len(self.got)
+        return (self.since, f"pinger: {n} ping(s) unanswered") if n else None
 
     def finished(self):
         return len(self.got) == self.sent
@@ -119,8 +127,9 @@ class Pinger(Block):
 
 
 class Ponger(Block):
-    """Answers every ping with a pong."""
+    """Answers every ping with a pong (after ``delay_s``); after ``mute_after`` pings, never again (a stuck peer)."""
 
+    params = (Param("mute_after", int, -1), Param("delay_s", float, 0.0))
     inputs = (Message("ping"),)
     outputs = (Message("pong"),)
 
@@ -131,6 +140,9 @@ class Ponger(Block):
         if msg["slots"].dtype != np.int64:
             raise BlockError("array lost its dtype on the wire")
         self.n += 1
+        if 0 <= self.mute_after < self.n:
+            return
+        time.sleep(self.delay_s)
         self.emit("pong", {"i": msg["i"]})
 
     def report(self):

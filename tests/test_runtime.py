@@ -194,6 +194,53 @@ def test_message_cycle_between_nodes_ends_cleanly(tmp_path, ports):
     assert results["du"].blocks["pong"]["pings"] == 20
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "single"])
+def test_a_peer_that_stops_answering_ends_the_run_after_peer_timeout(tmp_path, ports, scheduler):
+    """An alive peer that never answers (stuck, or its connection stalled on a corrupted frame length: nothing for
+    the liveness watchdog to see) ends the waiting node's run with a line naming the block, the wait and the peer
+    (Block.awaiting_peer, node field peer_timeout_s); a slow peer that keeps answering does not."""
+    base = ports(2)
+    flow = """\
+        nodes:
+          aau: {{port: {p0}, peer_timeout_s: 0.5, scheduler: {sched}}}
+          du: {{port: {p1}}}
+        blocks:
+          s: {{type: slot_source, node: aau, frames: 20, slots_per_frame: 10}}
+          ping: {{type: runtime_blocks:Pinger, node: aau}}
+          pong: {{type: runtime_blocks:Ponger, node: du, mute_after: {mute}, delay_s: {delay}}}
+        connections:
+          - [s.out, ping.in]
+          - [ping.ping, pong.ping]
+          - [pong.pong, ping.pong]
+        """
+    path = write(tmp_path, flow.format(p0=base, p1=base + 1, sched=scheduler, mute=5, delay=0.0))
+    t0 = time.monotonic()
+    results = run_nodes_in_threads(load_flowgraph(path), timeout_s=30)
+    f = results["aau"].failure
+    assert not results["aau"].ok and f.block == "ping", f
+    assert f.reason.startswith("pinger: 15 ping(s) unanswered: nothing from peer node du for 0.5 s"), f.reason
+    assert time.monotonic() - t0 < 20
+    # 20 answers 0.1 s apart: the wait restarts with each one, so 2 s in all is not a 0.5 s silence
+    path = write(tmp_path, flow.format(p0=base, p1=base + 1, sched=scheduler, mute=-1, delay=0.1), name="slow.yaml")
+    results = run_nodes_in_threads(load_flowgraph(path), timeout_s=30)
+    assert results["aau"].ok and results["du"].ok, (results["aau"].failure, results["du"].failure)
+    assert results["aau"].blocks["ping"]["pongs"] == 20
+
+
+def test_peer_timeout_must_be_a_positive_number(tmp_path):
+    path = write(tmp_path, """\
+        nodes:
+          aau: {peer_timeout_s: 0}
+        blocks:
+          s: {type: slot_source, node: aau, frames: 1}
+          n: {type: null_sink, node: aau}
+        connections:
+          - [s.out, n.in]
+        """)
+    with pytest.raises(FlowgraphError, match=r"nodes\.aau\.peer_timeout_s.*must be a positive number of seconds, got 0"):
+        load_flowgraph(path)
+
+
 def test_two_node_processes_over_tcp(tmp_path, ports, cli_env):
     base = ports(4)
     r = subprocess.run(QKDFLOW + ["run", "flowgraphs/passthrough.yaml", "--json", "-p", f"nodes.du.port={base}",

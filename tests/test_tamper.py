@@ -13,6 +13,9 @@ byte, once, in a chosen place of the first message that starts past ``FLIP_AFTER
 * ``framing``: the low byte of a long frame's ZMTP length. The frames after it are cut at the wrong places: the DU's
   ZeroMQ drops the connection, or a part lands where a tag or a header should be; either way the DU's failure names
   the sifting edge.
+* ``stall``: 2^28 added to a long frame's length. The DU's ZeroMQ waits for 256 MiB more of that part, which the
+  AAU never sends: the connection stays up and quiet, and only the DU's wait for its sifting answers, bounded by the
+  node field ``peer_timeout_s`` (10 s here), ends the session.
 
 Each way the session stops before that key block is committed anywhere, both supervised nodes restart, and later
 blocks are distilled and committed with identical keys at both ends. Where the flip lands is chosen from the
@@ -78,6 +81,8 @@ class ZmtpFlipper:
                     self.target = body + 32  # the JSON trailer's "{"
                 elif self.where == "framing" and flags & 2 and size >= BIG_PART:
                     self.target = self.next + 8  # the length's lowest byte
+                elif self.where == "stall" and flags & 2 and size >= BIG_PART:
+                    self.target = self.next + 5  # 0x10 in the length's byte of 2^24: + 2^28
             self.next = body + size
             drop = min(self.next, self.base + len(self.buf)) - self.base
             del self.buf[:drop]
@@ -156,12 +161,15 @@ def _loopback2_usable() -> bool:
                 r"|\d+ deferred message\(s\) delivered and not yet authenticated)"),
     ("header", r"edge sift_a\.peer -> sift_d\.peer: corrupt header"),
     ("framing", r"sift_a\.peer -> sift_d\.peer"),
+    ("stall", r"block sift_d: sift: \d+ chunk\(s\) wait for the AAU's answers: nothing from peer node aau for 10 s"),
 ])
 def test_flipped_byte_on_the_classical_channel_aborts_that_block_only(tmp_path, cli_env, where, refusal):
     d = str(tmp_path)
     fg = br.write_flowgraph(d)
     doc = yaml.safe_load(open(fg))
     doc["nodes"]["du"].update({"host": "127.0.0.2", "bind_host": "127.0.0.1"})
+    if where == "stall":
+        doc["nodes"]["du"]["peer_timeout_s"] = 10
     with open(fg, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
     g = load_flowgraph(fg)

@@ -178,6 +178,7 @@ class Half(Block):
         self._slots = 0
         self._busy_s = 0.0
         self._rate_hz: float | None = None
+        self._peer_in_t = self._peer_out_t = time.monotonic()  # last message from / to the peer (awaiting_peer)
         self.count("blocks_done", 0)
         self.count("blocks_aborted", 0)
         self.abort_reasons: list[str] = []
@@ -228,6 +229,7 @@ class Half(Block):
             if port == "key":
                 self._on_prev(msg)
             elif port == "peer":
+                self._peer_in_t = time.monotonic()
                 self._check_tagged(msg)
                 self._on_peer_raw(msg)
             else:
@@ -253,6 +255,7 @@ class Half(Block):
         if msg.get("type") in self.deferred_types:   # its tag deferred to the edge's next tagged message
             msg["_auth"] = "defer"
         self.emit("peer", msg)
+        self._peer_out_t = time.monotonic()
 
     def send_peer(self, blk: KeyBlock, type_: str, **payload: Any) -> None:
         self._send_raw(envelope(self.stage, type_, blk.id, blk.num, blk.seq_out, **payload))
@@ -325,6 +328,15 @@ class DuHalf(Half):
         self._active: KeyBlock | None = None
         self._aborted: set[int] = set()
         self._finished_nums: set[int] = set()
+
+    def awaiting_peer(self) -> tuple[float, str] | None:
+        """The active block waits for the AAU: the DU drives every exchange, so the AAU owes the next message since
+        the later of the DU's last message and the AAU's. The hello is not timed: an AAU may build LDPC code pools
+        for minutes before it answers."""
+        blk = self._active
+        if blk is None or not self.stage:
+            return None
+        return max(self._peer_in_t, self._peer_out_t), f"{self.stage}: block {blk.num} waits for the AAU"
 
     # --- from the previous stage (in-node) ---
     def _on_prev(self, msg: dict) -> None:

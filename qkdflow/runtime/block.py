@@ -202,6 +202,16 @@ class Block:
         """
         return True
 
+    def awaiting_peer(self) -> tuple[float, str] | None:
+        """What this block waits for from a block in another node, if anything: (monotonic time since when, what).
+
+        Default: None. The runtime stops the run with a clear error when the wait exceeds the node's
+        ``peer_timeout_s``: a peer that is alive but never answers (stuck, or its connection stalled on a
+        corrupted frame length, which TCP keepalive and the liveness watchdog cannot see) must not hang the node.
+        Called by the runtime at least every few hundred milliseconds; keep it cheap.
+        """
+        return None
+
     def end(self) -> Mapping[str, Frame] | None:
         """Called once when every stream input has ended; may return last frames."""
         return None

@@ -39,7 +39,8 @@ from .block import Block, Message, Stream
 from .params import ParamError
 
 TOP_KEYS = {"flowgraph", "clock", "variables", "nodes", "blocks", "connections", "description", "options"}
-NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file", "auth_state", "curve_keys", "scheduler"}
+NODE_KEYS = {"host", "bind_host", "port", "transport", "ipc_dir", "psk_file", "auth_state", "curve_keys", "scheduler",
+             "peer_timeout_s"}
 EDGE_KEYS = {"endpoint", "queue_frames"}
 DEFAULT_QUEUE_FRAMES = 4
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -115,6 +116,7 @@ class NodeSpec:
     auth_state: str | None = None  # where used one-time-pad positions persist (runtime.auth); default beside flowgraph
     curve_keys: str | None = None  # ZeroMQ CURVE certificates (tools/make_curve_keys.py): encrypts inter-node edges
     scheduler: str = "threads"  # threads: one per block; single: every block stepped by one thread (runtime.loop)
+    peer_timeout_s: float = 120.0  # longest wait for a peer's answer (Block.awaiting_peer) before the run stops
 
 
 @dataclass
@@ -337,6 +339,13 @@ def load_flowgraph(path: str, overrides: list[str] | tuple = ()) -> Graph:
                 setattr(spec, k, os.path.join(os.path.dirname(os.path.abspath(path)), v))
         if spec.scheduler not in ("threads", "single"):
             err(nd, "scheduler", f"nodes.{nname}.scheduler", f"must be threads or single, got {spec.scheduler!r}")
+        if "peer_timeout_s" in nd:
+            t = nd["peer_timeout_s"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+                err(nd, "peer_timeout_s", f"nodes.{nname}.peer_timeout_s",
+                    f"must be a positive number of seconds, got {t!r}")
+            else:
+                spec.peer_timeout_s = float(t)
         if spec.transport not in ("tcp", "ipc"):
             err(nd, "transport", f"nodes.{nname}.transport", f"must be tcp or ipc, got {spec.transport!r}")
         if "port" in nd:

@@ -21,7 +21,8 @@ import zmq
 from . import wire
 from .auth import AuthFailure, unauthenticated_note
 from .block import DONE, Block, BlockError, Frame
-from .scheduler import BlockStats, NodeFailure, deliver, output_frames, work_aligned  # scheduler loads us lazily
+from .scheduler import (BlockStats, NodeFailure, PeerWait, deliver, output_frames,  # scheduler loads us lazily
+                        work_aligned)
 from .transport import POLL_MS, EdgeReceiver, EdgeSender
 
 
@@ -256,7 +257,13 @@ def run_single(node, blocks: list[CoopBlock]) -> None:
             current = b
             b.start()
         live, stop = list(blocks), node.stop
+        waits = [(b, w) for b, w in ((b, PeerWait(node, b.block, b.in_edges, b.receivers)) for b in blocks) if w.active]
+        next_check = 0.0
         while live and not stop.is_set():
+            if waits and time.monotonic() >= next_check:  # (not per step: steps are ~10 us)
+                next_check = time.monotonic() + POLL_MS / 1000
+                for current, w in waits:
+                    w.check()
             progressed = False
             for b in live:
                 current = b

@@ -107,6 +107,29 @@ def output_frames(blk: Block, senders: dict, outs, st: BlockStats):
             st.items_out += len(frame.data)
 
 
+class PeerWait:
+    """Stops a block that waits longer than its node's ``peer_timeout_s`` for a block in another node
+    (``Block.awaiting_peer``): a peer that is alive but never answers must end the run with a clear error."""
+
+    def __init__(self, node: "NodeRunner", block: Block, in_edges: list[Edge], receivers: dict) -> None:
+        g = node.graph
+        self.block, self.timeout_s = block, g.nodes[node.name].peer_timeout_s
+        remote = [e for e in in_edges if g.blocks[e.src].node != node.name]
+        self.peers = ", ".join(sorted({g.blocks[e.src].node for e in remote}))
+        self.socks = [receivers[e.index].sock for e in remote if e.index in receivers]
+        self.active = bool(remote) and type(block).awaiting_peer is not Block.awaiting_peer
+
+    def check(self) -> None:
+        w = self.block.awaiting_peer() if self.active else None
+        if w is None or time.monotonic() - w[0] <= self.timeout_s:
+            return
+        if any(s.poll(0, zmq.POLLIN) for s in self.socks):  # the answer is here, this thread was just busy
+            return
+        raise BlockError(f"{w[1]}: nothing from peer node {self.peers} for {self.timeout_s:g} s (the peer is "
+                         "stuck, or a corrupted frame stalled the connection; node field peer_timeout_s), "
+                         "so this run stops")
+
+
 class BlockRunner(threading.Thread):
     def __init__(self, node: "NodeRunner", block: Block, in_edges: list[Edge], out_edges: list[Edge]) -> None:
         super().__init__(name=f"{node.name}:{block.name}", daemon=True)
@@ -222,8 +245,11 @@ class BlockRunner(threading.Thread):
         msg_eos_sent = False
         poller = zmq.Poller()
         registered: set[int] = set()
+        waits = PeerWait(self.node, blk, self.in_edges, self.receivers)
 
         while not stop.is_set():
+            if waits.active:
+                waits.check()
             if source and not source_done:
                 self._drain_messages(by_edge, timeout=0)
                 t0 = time.perf_counter()
