@@ -20,7 +20,8 @@ from collections import deque
 import numpy as np
 
 from qkdflow import prng
-from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, envelope, pack_bits, parse, sync_ports_out)
+from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, ProtocolError, decode_slots, envelope, pack_bits,
+                                      parse, sync_ports_out, unpack_bits)
 from qkdflow.runtime.block import BlockError, Message, Stream
 from qkdflow.streams import PREP_DTYPE
 
@@ -98,12 +99,11 @@ class SiftAau(BlockSizeMixin, Half):
             if seq != self._chunk_seq:
                 raise BlockError(f"sift: chunk seq {seq}, expected {self._chunk_seq}")
             self._chunk_seq += 1
-            slots = np.asarray(msg["slots"], dtype=np.int64)
-            bases = np.asarray(msg["bases"], dtype=np.uint8)
-            if slots.ndim != 1 or bases.shape != slots.shape or (bases.size and bases.max() > 1):
-                raise BlockError("sift: chunk slots/bases malformed")
-            if slots.size > 1 and not (np.diff(slots) > 0).all():
-                raise BlockError("sift: chunk slots not strictly increasing")
+            try:
+                slots = decode_slots(msg)
+                bases = unpack_bits(msg.get("bases"), slots.size)
+            except ProtocolError as e:
+                raise BlockError(f"sift: chunk malformed: {e}") from None
             self._waiting.append((seq, slots, bases))
             self._serve()
         elif t == "cut":  # chunks still waiting hold later slots than any answered one: the cut is unaffected

@@ -5,6 +5,8 @@ from collections import deque
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blocks.amplify_aau import AmplifyAau
 from blocks.amplify_du import AmplifyDu
@@ -17,8 +19,10 @@ from blocks.verify_aau import VerifyAau
 from blocks.verify_du import VerifyDu
 from qkdflow import prng
 from qkdflow.distill import cascade
-from qkdflow.distill.protocol import key_length, pack_bits, unpack_bits
+from qkdflow.distill.protocol import (ProtocolError, decode_slots, encode_slots, envelope, key_length, pack_bits,
+                                      unpack_bits)
 from qkdflow.distill.toeplitz import toeplitz_hash
+from qkdflow.runtime import wire
 from qkdflow.runtime.block import BlockError, Frame
 from qkdflow.streams import CLICK_DTYPE, PREP_DTYPE
 
@@ -131,6 +135,44 @@ def test_sifted_test_basis_errors_reach_estimation():
     d = pair.keys("du")[0]
     err = np.asarray(d["test_err"], float)
     assert abs(err.mean() - 0.05) < 6 * np.sqrt(0.05 * 0.95 / err.size)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.integers(0, (1 << 61) - 1), gaps=st.lists(st.one_of(st.integers(1, 300), st.integers(1, 1 << 40)),
+                                                            max_size=60))
+def test_slot_encoding_round_trips_over_the_wire_in_the_narrowest_type(first, gaps):
+    slots = first + np.concatenate([[0], np.cumsum(np.asarray(gaps, dtype=np.int64))]).astype(np.int64)
+    enc = encode_slots(slots)
+    top = max(gaps, default=0)
+    assert enc["gaps"].dtype.itemsize == (1 if top < 256 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8)
+    parts = wire.encode_message(0, envelope("sift", "chunk", **enc))
+    _, _, _, _, trailer = wire.decode_header(bytes(parts[0]))
+    got = decode_slots(wire.decode_message(trailer, [bytes(p) for p in parts[1:]]))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, slots)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"first": 5, "n": 3, "gaps": np.array([1, 0], np.uint8)}, "strictly increasing"),
+    ({"first": 5, "n": 3, "gaps": np.array([1, 2], np.int16)}, "unsigned"),
+    ({"first": 5, "n": 4, "gaps": np.array([1, 2], np.uint8)}, "sizes disagree"),
+    ({"first": -1, "n": 1, "gaps": np.zeros(0, np.uint8)}, "first out of range"),
+    ({"first": 5, "n": 3}, "missing field"),
+    ({"first": 1 << 61, "n": 3, "gaps": np.array([1 << 60, 1 << 60], np.uint64)}, "beyond 2"),
+])
+def test_malformed_slot_encodings_are_refused(bad, why):
+    with pytest.raises(ProtocolError, match=why):
+        decode_slots(bad)
+
+
+def test_a_malformed_chunk_stops_sifting_with_a_clear_line():
+    aau = SiftAau("sift_a", block_bits=100)
+    aau._emit = lambda p, m: None
+    aau.start()
+    aau._peer_ok = True
+    chunk = envelope("sift", "chunk", **encode_slots(np.array([3, 9, 20])), bases=np.array([1, 2], np.uint8))
+    with pytest.raises(BlockError, match="sift: chunk malformed: packed bits: 2 bytes cannot hold exactly 3 bits"):
+        aau.handle("peer", chunk)
 
 
 # ---- estimation ------------------------------------------------------------------------------------------

@@ -60,6 +60,11 @@ def test_no_eve_identical_keys_report_and_closed_form(tmp_path, ports):
               "eps_sec", "eps_cor", "secure_key_rate_bps", "closed_form", "messages_per_block"):
         assert rep[k] is not None, k
     assert rep["qber_key"] < 0.03 and rep["eps_sec"] == 1e-10 and rep["eps_cor"] == 1e-12
+    # the DU's announcements on the network: slot gaps (1-2 bytes each at these click rates) and packed bases,
+    # not an int64 and a byte per click (9 bytes); the count covers every part, headers and tags included
+    sd_ = du["sift_d"]
+    assert 1.0 < sd_["net_bytes_out"] / sd_["clicks"] < 3.0, sd_
+    assert "net_bytes_out" not in du["est_d"]                     # a block with no edge to another node
     assert rep["stored_bits"] == rep["final_key_bits"] - rep["blocks_committed"] * 1024
     assert rep["secure_key_rate_bps"] == pytest.approx(rep["final_key_bits"] / (12e6 / 1e9))
     cf = rep["closed_form"]

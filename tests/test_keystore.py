@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
+from qkdflow.distill.protocol import envelope
 from qkdflow.distill.keystore import (
     AlreadyDelivered,
     InsufficientKey,
@@ -635,7 +636,7 @@ def test_store_stage_unexpected_message_after_du_commit_stops_without_dropping(t
     w.step()
     w.q.clear()
     blk = w.du._active
-    bogus = {"v": 1, "stage": "store", "type": "staged", "block": bid, "num": 1, "seq": blk.seq_in}
+    bogus = envelope("store", "staged", bid, 1, blk.seq_in)
     with pytest.raises(BlockError, match="after the DU's commit"):
         w.du.handle("peer", bogus)
     assert w.du.store.committed_ids() == [bid]  # left to the start-up reconciliation

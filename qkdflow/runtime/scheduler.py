@@ -408,6 +408,9 @@ class NodeRunner:
             if s.cpu_s is not None:
                 d["cpu_s"] = round(s.cpu_s, 6)
             d.update(r.block.counters)
+            remote = [x for xs in r.senders.values() for x in xs if getattr(x, "remote", False)]
+            if remote:   # bytes this block sent to other nodes (every part, headers and tags included)
+                d["net_bytes_out"] = sum(x.bytes for x in remote)
             tagged = [x.auth for xs in r.senders.values() for x in xs if getattr(x, "auth", None) is not None]
             if tagged:   # authenticated peer edges: tags sent (one pad each) and messages sent with deferred tags
                 d["auth_tags_out"] = sum(a.tags for a in tagged)

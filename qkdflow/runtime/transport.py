@@ -90,7 +90,8 @@ class EdgeSender:
         self.stop = stop
         self.with_dtype = with_dtype
         self.label = label
-        self.bytes = 0
+        self.bytes = 0  # every part's bytes (headers and tags included): what this edge carried
+        self.remote = not address.startswith("inproc://")  # to another node: what the network carries
         self.auth = auth  # runtime.auth.EdgeAuth on authenticated inter-node message edges
         self._dtype_cache: dict = {}
 
@@ -102,7 +103,7 @@ class EdgeSender:
             raise TypeError(f"frame data for {self.label} must be a 1-D numpy array")
         parts = wire.encode_frame(self.seq, frame, self.with_dtype, self._dtype_cache)
         self.seq += 1
-        self.bytes += data.nbytes
+        self.bytes += len(parts[0]) + data.nbytes
         return parts
 
     def message_parts(self, msg: dict) -> list:
@@ -110,7 +111,9 @@ class EdgeSender:
         if "_auth" in msg:   # the block's request for a deferred tag (runtime.auth): never on the wire itself
             defer = msg["_auth"] == "defer"
             msg = {k: v for k, v in msg.items() if k != "_auth"}
-        return self._numbered(self._tagged(wire.encode_message(self.seq, msg), defer))
+        parts = self._tagged(wire.encode_message(self.seq, msg), defer)
+        self.bytes += sum(memoryview(p).nbytes for p in parts)
+        return self._numbered(parts)
 
     def eos_parts(self) -> list:
         self.ended = True
