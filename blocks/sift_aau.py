@@ -3,8 +3,8 @@
 Protocol: see ``blocks/sift_du.py`` (stage "sift"). For every ``chunk`` {slots, bases} the AAU recomputes Alice's
 (intensity class, basis, bit) for exactly those slots with ``qkdflow.prng.prep_choices`` on the preparation
 descriptor (frame meta ``prep``: counter-based generator or recorded file), so the cost is proportional to the
-clicks, not the slots. It answers ``sifted`` {match, cls of matched slots, Alice's bits of matched test-basis
-(X) slots} and appends the matched slots to its FIFO. A chunk naming slots the preparation stream has not reached
+clicks, not the slots. It answers ``sifted`` {match, cls of matched slots (two bits each), Alice's bits of matched
+test-basis (X) slots (packed)} and appends the matched slots to its FIFO. A chunk naming slots the preparation stream has not reached
 yet waits until it has (the DU cannot legitimately be ahead; a chunk beyond the end of the preparation stream
 stops the run). On ``cut`` it cuts its FIFO at ``last_slot``, checks the key/test counts against the DU's
 (a mismatch aborts the block at both ends) and the cut against ``block_bits``/``min_block_bits``, answers
@@ -21,7 +21,7 @@ import numpy as np
 
 from qkdflow import prng
 from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, ProtocolError, decode_slots, envelope, pack_bits,
-                                      parse, sync_ports_out, unpack_bits)
+                                      pack_crumbs, parse, sync_ports_out, unpack_bits)
 from qkdflow.runtime.block import BlockError, Message, Stream
 from qkdflow.streams import PREP_DTYPE
 
@@ -129,8 +129,8 @@ class SiftAau(BlockSizeMixin, Half):
             # random masks; measured per 24k-click chunk)
             idx = np.flatnonzero(match)
             mb, mcls, mbit = basis[idx], cls[idx], bit[idx]
-            self._send_raw(envelope("sift", "sifted", "", 0, seq, match=pack_bits(match), cls=mcls,
-                                    test_bits=mbit[np.flatnonzero(mb)]))
+            self._send_raw(envelope("sift", "sifted", "", 0, seq, match=pack_bits(match), cls=pack_crumbs(mcls),
+                                    test_bits=pack_bits(mbit[np.flatnonzero(mb)])))
             for k, v in (("slot", slots[idx]), ("basis", mb), ("bit", mbit), ("cls", mcls)):
                 self._fifo[k].append(v)
             self.count("matched", int(idx.size))

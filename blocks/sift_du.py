@@ -11,8 +11,9 @@ decoy announcement after detection as in Lim et al., PRA 89, 022307 (2014), prot
    ``numpy.random.default_rng(squash_seed)`` drawn in slot order. Counted: ``double_clicks``,
    ``cross_basis_clicks``.
 2. The AAU answers each chunk with ``sifted`` {match (packed bits, one per announced slot), cls (intensity class of
-   every matched slot: the decoy announcement, sent only after Bob has committed to his detections), test_bits
-   (Alice's bits of the matched slots in the test basis X, fully disclosed for the phase-error estimate)}.
+   every matched slot, two bits each: the decoy announcement, sent only after Bob has committed to his detections),
+   test_bits (Alice's bits of the matched slots in the test basis X, packed, fully disclosed for the phase-error
+   estimate)}.
    Key basis = Z (basis 0, streams.py) = Lim 2014's "X"; test basis X (1) = Lim's "Z".
 3. Both ends append the matched slots to identical FIFOs. When the DU's FIFO holds ``block_bits`` key-basis
    entries it cuts a block exactly at the ``block_bits``-th one and sends ``cut`` {block id (new UUID), num,
@@ -33,7 +34,7 @@ from collections import deque
 import numpy as np
 
 from qkdflow.distill.protocol import (BlockSizeMixin, Half, KeyBlock, ProtocolError, encode_slots, envelope,
-                                      new_block_id, pack_bits, parse, sync_ports_out, unpack_bits)
+                                      new_block_id, pack_bits, parse, sync_ports_out, unpack_bits, unpack_crumbs)
 from qkdflow.runtime.block import BlockError, Message, Stream
 from qkdflow.runtime.params import Param
 from qkdflow.streams import CLICK_DTYPE
@@ -171,15 +172,15 @@ class SiftDu(BlockSizeMixin, Half):
         self._sent_t.popleft()
         try:
             match = unpack_bits(msg["match"], slots.size).astype(bool)
-            cls = np.asarray(msg["cls"], dtype=np.uint8)
-            tb = np.asarray(msg["test_bits"], dtype=np.uint8)
+            idx = np.flatnonzero(match)       # indices once: cheaper than boolean-mask gathers (see sift_aau)
+            mb = basis[idx]
+            xi = np.flatnonzero(mb)           # the matched test-basis (X) entries
+            cls = unpack_crumbs(msg["cls"], mb.size)
+            tb = unpack_bits(msg["test_bits"], xi.size)
         except (KeyError, ProtocolError) as e:
-            raise BlockError(f"sift: malformed answer: {e}") from None
-        idx = np.flatnonzero(match)           # indices once: cheaper than boolean-mask gathers (see sift_aau)
-        mb = basis[idx]
-        xi = np.flatnonzero(mb)               # the matched test-basis (X) entries
-        if cls.size != mb.size or tb.size != xi.size or (cls.size and cls.max() > 2):
-            raise BlockError("sift: answer sizes do not match the announced chunk")
+            raise BlockError(f"sift: malformed answer (sizes do not match the announced chunk?): {e}") from None
+        if cls.size and cls.max() > 2:
+            raise BlockError("sift: answer names an intensity class beyond the three")
         abit = np.zeros(mb.size, np.uint8)
         abit[xi] = tb
         for k, v in (("slot", slots[idx]), ("basis", mb), ("bit", bit[idx]), ("cls", cls), ("abit", abit)):

@@ -453,3 +453,20 @@ def test_lying_alice_cannot_make_bob_loop_forever() -> None:
         while (req := bob.next_request()) is not None:
             bob.receive(ParityReply(req.config_tag, req.seq, rng.integers(0, 2, req.n_bits, dtype=np.uint8)))
     assert bob.errors_corrected > 1000
+
+
+def test_request_node_indices_travel_in_their_narrowest_width() -> None:
+    """Bisection nodes are small numbers: 1, 2 or 4 bytes each on the wire, by the largest in the request."""
+    def size(blocks, heaps):
+        n = len(blocks)
+        req = ParityRequest(5, 6, np.zeros(0, np.uint16), np.zeros(0, np.uint32), np.array([1], np.uint16),
+                            np.array([n], np.uint32), np.array(blocks, np.uint32), np.array(heaps, np.uint32))
+        raw = req.to_bytes()
+        out = ParityRequest.from_bytes(raw)
+        np.testing.assert_array_equal(out.node_blocks, blocks)
+        np.testing.assert_array_equal(out.node_heaps, heaps)
+        return len(raw)
+    base = size([], [])
+    assert size([3] * 10, [200] * 10) == base + 10 * (1 + 1)
+    assert size([300] * 10, [200] * 10) == base + 10 * (2 + 1)
+    assert size([3] * 10, [1 << 20] * 10) == base + 10 * (1 + 4)

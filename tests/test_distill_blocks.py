@@ -20,7 +20,7 @@ from blocks.verify_du import VerifyDu
 from qkdflow import prng
 from qkdflow.distill import cascade
 from qkdflow.distill.protocol import (ProtocolError, decode_slots, encode_slots, envelope, key_length, pack_bits,
-                                      unpack_bits)
+                                      pack_crumbs, unpack_bits, unpack_crumbs)
 from qkdflow.distill.toeplitz import toeplitz_hash
 from qkdflow.runtime import wire
 from qkdflow.runtime.block import BlockError, Frame
@@ -150,6 +150,17 @@ def test_slot_encoding_round_trips_over_the_wire_in_the_narrowest_type(first, ga
     got = decode_slots(wire.decode_message(trailer, [bytes(p) for p in parts[1:]]))
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, slots)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 3), max_size=70))
+def test_two_bit_packing_round_trips_and_refuses_wrong_sizes(values):
+    v = np.array(values, dtype=np.uint8)
+    packed = pack_crumbs(v)
+    assert packed.dtype == np.uint8 and packed.size == (v.size + 3) // 4
+    np.testing.assert_array_equal(unpack_crumbs(packed, v.size), v)
+    with pytest.raises(ProtocolError, match="cannot hold exactly"):
+        unpack_crumbs(packed, v.size + 4)
 
 
 @pytest.mark.parametrize("bad, why", [

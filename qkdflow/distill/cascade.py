@@ -69,10 +69,11 @@ memoises per-pass prefix parities, themselves pure functions of key and seed).
 
 Wire format (little endian, CRC-32 of everything before it as the last 4 bytes; any truncation,
 length mismatch, bad magic/version or CRC failure raises ValueError):
-request  = "CQ" u8 version=1 u8 kind=0 u32 config_tag u32 seq u32 n_top u32 n_groups u32 n_nodes
+request  = "CQ" u8 version=2 u8 kind=0 u32 config_tag u32 seq u32 n_top u32 n_groups u32 n_nodes u8 bw u8 hw
            u16 top_pass[n_top] u32 top_count[n_top] u16 group_pass[n_groups] u32 group_count[n_groups]
-           u32 node_block[n_nodes] u32 node_heap[n_nodes]  (groups partition the nodes, in order)
-reply    = "CR" u8 version=1 u8 kind=1 u32 config_tag u32 seq u32 n_bits, parities packed LSB-first
+           uBW node_block[n_nodes] uHW node_heap[n_nodes]  (groups partition the nodes, in order; bw, hw = 1, 2
+           or 4 bytes, the narrowest that holds the largest: half the bytes of u32 for the usual node)
+reply    = "CR" u8 version=2 u8 kind=1 u32 config_tag u32 seq u32 n_bits, parities packed LSB-first
            (padding bits zero), in request order: top-level blocks 0..count-1 per entry, then nodes.
 """
 
@@ -423,16 +424,24 @@ def _validate_key(key: np.ndarray, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # Messages
 # ----------------------------------------------------------------------------------------------------
-_REQ_HEAD = struct.Struct("<2sBBIIIII")  # magic, version, kind, config_tag, seq, n_top, n_groups, n_nodes
+_REQ_HEAD = struct.Struct("<2sBBIIIIIBB")  # magic, version, kind, config_tag, seq, n_top, n_groups, n_nodes, bw, hw
 _REP_HEAD = struct.Struct("<2sBBIII")  # magic, version, kind, config_tag, seq, n_bits
 _CRC = struct.Struct("<I")
-_VERSION = 1
+_VERSION = 2  # 2: node indices in the narrowest of 1, 2, 4 bytes
 
 
 _EMPTY_U2 = np.zeros(0, dtype=np.uint16)
 _EMPTY_U4 = np.zeros(0, dtype=np.uint32)
 _EMPTY_U2.flags.writeable = False
 _EMPTY_U4.flags.writeable = False
+
+
+def _width(a: np.ndarray, name: str) -> int:
+    """Bytes per entry for ``a`` on the wire: the narrowest of 1, 2, 4 that holds its largest value."""
+    top = int(np.max(a)) if np.size(a) else 0
+    if top < 0 or top >= 1 << 32:
+        raise ValueError(f"{name}: must be a 1-D array of values fitting <u4")
+    return 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4
 
 
 def _u(a: np.ndarray, dtype: str, name: str) -> bytes:
@@ -468,37 +477,41 @@ class ParityRequest:
         return sum(self.top_counts.tolist()) + int(self.node_blocks.size)
 
     def to_bytes(self) -> bytes:
-        head = _REQ_HEAD.pack(b"CQ", _VERSION, 0, self.config_tag & 0xFFFFFFFF, self.seq & 0xFFFFFFFF,
-                              self.top_passes.size, self.group_passes.size, self.node_blocks.size)
         if not (self.top_passes.size == self.top_counts.size and self.group_passes.size == self.group_counts.size
                 and self.node_blocks.size == self.node_heaps.size):
             raise ValueError("ParityRequest: paired arrays differ in length")
+        bw, hw = _width(self.node_blocks, "node_blocks"), _width(self.node_heaps, "node_heaps")
+        head = _REQ_HEAD.pack(b"CQ", _VERSION, 0, self.config_tag & 0xFFFFFFFF, self.seq & 0xFFFFFFFF,
+                              self.top_passes.size, self.group_passes.size, self.node_blocks.size, bw, hw)
         body = b"".join(_u(a, dt, name) for a, dt, name in (
             (self.top_passes, "<u2", "top_passes"), (self.top_counts, "<u4", "top_counts"),
             (self.group_passes, "<u2", "group_passes"), (self.group_counts, "<u4", "group_counts"),
-            (self.node_blocks, "<u4", "node_blocks"), (self.node_heaps, "<u4", "node_heaps")))
+            (self.node_blocks, f"<u{bw}", "node_blocks"), (self.node_heaps, f"<u{hw}", "node_heaps")))
         msg = head + body
         return msg + _CRC.pack(zlib.crc32(msg))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ParityRequest":
         data = _check_frame(data, _REQ_HEAD.size, "ParityRequest")
-        magic, ver, kind, tag, seq, n_top, n_groups, n_nodes = _REQ_HEAD.unpack_from(data)
+        magic, ver, kind, tag, seq, n_top, n_groups, n_nodes, bw, hw = _REQ_HEAD.unpack_from(data)
         if magic != b"CQ" or kind != 0:
             raise ValueError("ParityRequest: bad magic/kind")
         if ver != _VERSION:
             raise ValueError(f"ParityRequest: unsupported version {ver}")
-        expect = _REQ_HEAD.size + 6 * n_top + 6 * n_groups + 8 * n_nodes + _CRC.size
+        if bw not in (1, 2, 4) or hw not in (1, 2, 4):
+            raise ValueError(f"ParityRequest: node index widths {bw}, {hw} (1, 2 or 4 bytes)")
+        expect = _REQ_HEAD.size + 6 * n_top + 6 * n_groups + (bw + hw) * n_nodes + _CRC.size
         if len(data) != expect:
             raise ValueError(f"ParityRequest: length {len(data)} does not match header ({expect})")
         off = _REQ_HEAD.size
         arrays = []
-        for count, dt, width in ((n_top, "<u2", 2), (n_top, "<u4", 4), (n_groups, "<u2", 2),
-                                 (n_groups, "<u4", 4), (n_nodes, "<u4", 4), (n_nodes, "<u4", 4)):
+        for count, dt, width, out in ((n_top, "<u2", 2, "u2"), (n_top, "<u4", 4, "u4"), (n_groups, "<u2", 2, "u2"),
+                                      (n_groups, "<u4", 4, "u4"), (n_nodes, f"<u{bw}", bw, "u4"),
+                                      (n_nodes, f"<u{hw}", hw, "u4")):
             if count:
-                arrays.append(np.frombuffer(data, dtype=dt, count=count, offset=off).astype(dt[1:]))
+                arrays.append(np.frombuffer(data, dtype=dt, count=count, offset=off).astype(out))
             else:
-                arrays.append(_EMPTY_U2 if width == 2 else _EMPTY_U4)
+                arrays.append(_EMPTY_U2 if out == "u2" else _EMPTY_U4)
             off += count * width
         req = cls(tag, seq, *arrays)
         if sum(req.group_counts.tolist()) != n_nodes:

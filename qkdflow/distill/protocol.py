@@ -53,11 +53,11 @@ from qkdflow.runtime.block import Block, BlockError, Frame, Message, Stream
 from qkdflow.runtime.params import Param
 
 __all__ = ["PROTOCOL_VERSION", "ProtocolError", "ConfigMismatch", "envelope", "pack_bits", "unpack_bits",
-           "encode_slots", "decode_slots",
+           "encode_slots", "decode_slots", "pack_crumbs", "unpack_crumbs",
            "check_config", "KeyBlock", "Half", "DuHalf", "AauHalf", "sync_ports_in", "sync_ports_out",
            "SYNC_DTYPE", "fmt_pct"]
 
-PROTOCOL_VERSION = 2  # 2: sifting chunks carry slot gaps and packed bases (encode_slots)
+PROTOCOL_VERSION = 2  # 2: sifting chunks carry slot gaps and packed bases, answers packed classes and bits
 SYNC_DTYPE = np.uint8
 _EMPTY = np.zeros(0, dtype=SYNC_DTYPE)
 MAX_EARLY_MESSAGES = 100_000
@@ -116,6 +116,25 @@ def unpack_bits(packed: np.ndarray, n_bits: int) -> np.ndarray:
     if n_bits < 0 or p.ndim != 1 or p.size != (n_bits + 7) // 8:
         raise ProtocolError(f"packed bits: {p.size} bytes cannot hold exactly {n_bits} bits")
     return np.unpackbits(p, count=n_bits)
+
+
+def pack_crumbs(values: np.ndarray) -> np.ndarray:
+    """Values 0..3 -> four per byte, the first in the two high bits (a uint8 array for the wire)."""
+    v = np.asarray(values, dtype=np.uint8)
+    pad = np.zeros(-v.size % 4, dtype=np.uint8)
+    q = np.concatenate([v, pad]).reshape(-1, 4) & 3
+    return (q[:, 0] << 6) | (q[:, 1] << 4) | (q[:, 2] << 2) | q[:, 3]
+
+
+def unpack_crumbs(packed: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of ``pack_crumbs``; raises ProtocolError if the sizes disagree."""
+    try:
+        p = np.asarray(packed, dtype=np.uint8)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"packed values: not a byte array ({type(packed).__name__})") from None
+    if n < 0 or p.ndim != 1 or p.size != (n + 3) // 4:
+        raise ProtocolError(f"packed values: {p.size} bytes cannot hold exactly {n} two-bit values")
+    return np.stack([p >> 6, (p >> 4) & 3, (p >> 2) & 3, p & 3], axis=1).reshape(-1)[:n]
 
 
 def encode_slots(slots: np.ndarray) -> dict:
