@@ -43,7 +43,7 @@ _spec.loader.exec_module(br)
 
 FLIP_AFTER = 20_000  # bytes into the connection: past the ZMTP greeting, the handshake and the hello
 GREETING = 64  # ZMTP 3 greeting (RFC 23); then frames: flags (MORE 1, LONG 2, COMMAND 4), size (1 or 8 bytes), body
-BIG_PART = 10_000
+BIG_PART = 256  # a ZMTP long frame (> 255 bytes): the payload parts of sifting answers
 
 
 class ZmtpFlipper:
