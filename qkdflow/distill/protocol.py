@@ -107,15 +107,20 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(bits, dtype=np.uint8))
 
 
-def unpack_bits(packed: np.ndarray, n_bits: int) -> np.ndarray:
-    """Inverse of ``pack_bits``; raises ProtocolError if the sizes disagree."""
+def _packed(packed: np.ndarray, n: int, per_byte: int, what: str) -> np.ndarray:
+    """``packed`` as a 1-D byte array of exactly ceil(n / per_byte) bytes, else ProtocolError naming ``what``."""
     try:
         p = np.asarray(packed, dtype=np.uint8)
     except (TypeError, ValueError):
-        raise ProtocolError(f"packed bits: not a byte array ({type(packed).__name__})") from None
-    if n_bits < 0 or p.ndim != 1 or p.size != (n_bits + 7) // 8:
-        raise ProtocolError(f"packed bits: {p.size} bytes cannot hold exactly {n_bits} bits")
-    return np.unpackbits(p, count=n_bits)
+        raise ProtocolError(f"packed {what}: not a byte array ({type(packed).__name__})") from None
+    if n < 0 or p.ndim != 1 or p.size != -(-n // per_byte):
+        raise ProtocolError(f"packed {what}: {p.size} bytes cannot hold exactly {n} {what}")
+    return p
+
+
+def unpack_bits(packed: np.ndarray, n_bits: int) -> np.ndarray:
+    """Inverse of ``pack_bits``; raises ProtocolError if the sizes disagree."""
+    return np.unpackbits(_packed(packed, n_bits, 8, "bits"), count=n_bits)
 
 
 def pack_crumbs(values: np.ndarray) -> np.ndarray:
@@ -128,18 +133,13 @@ def pack_crumbs(values: np.ndarray) -> np.ndarray:
 
 def unpack_crumbs(packed: np.ndarray, n: int) -> np.ndarray:
     """Inverse of ``pack_crumbs``; raises ProtocolError if the sizes disagree."""
-    try:
-        p = np.asarray(packed, dtype=np.uint8)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"packed values: not a byte array ({type(packed).__name__})") from None
-    if n < 0 or p.ndim != 1 or p.size != (n + 3) // 4:
-        raise ProtocolError(f"packed values: {p.size} bytes cannot hold exactly {n} two-bit values")
+    p = _packed(packed, n, 4, "two-bit values")
     return np.stack([p >> 6, (p >> 4) & 3, (p >> 2) & 3, p & 3], axis=1).reshape(-1)[:n]
 
 
 def encode_slots(slots: np.ndarray) -> dict:
-    """At least one strictly increasing slot number, for the wire: ``first`` and the gaps in the narrowest unsigned type that
-    holds the largest (uint8 ... uint64). Clicks are sparse, so most gaps need one or two bytes instead of an
+    """At least one strictly increasing slot number, for the wire: ``first`` and the gaps in the narrowest unsigned
+    type that holds the largest (uint8 ... uint64). Clicks are sparse, so most gaps need one or two bytes instead of an
     int64's eight: at the main job's click rate the DU's announcements shrink ~4x (hashing and sockets with them)."""
     s = np.asarray(slots, dtype=np.int64)
     gaps = np.diff(s)
