@@ -115,9 +115,10 @@ class SiftDu(BlockSizeMixin, Half):
             self.count("double_clicks", int(double.sum()))
             self.count("cross_basis_clicks", int(cross.sum()))
             self._outstanding.append((slots, basis, bit))
-            self._sent_t.append(time.monotonic())
             self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, **encode_slots(slots),
                                     bases=pack_bits(basis)))
+            # after the send: it waits while the AAU is not connected yet (a DU with real detectors may start first)
+            self._sent_t.append(time.monotonic())
             self._chunk_seq += 1
             self._chunks_since_cut += 1
         return {"sync": self.pass_sync(f)}

@@ -106,9 +106,10 @@ class Pinger(Block):
         self.since = time.monotonic()
 
     def work(self, ins):
-        if self.sent == len(self.got):
-            self.since = time.monotonic()
+        idle = self.sent == len(self.got)
         self.emit("ping", {"i": self.sent, "slots": np.arange(ins["in"].start, ins["in"].stop)[:3]})
+        if idle:   # owed from when it left (a send waits while the peer is not connected)
+            self.since = time.monotonic()
         self.sent += 1
 
     def handle(self, port, msg):

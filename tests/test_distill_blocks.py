@@ -130,6 +130,23 @@ def test_sifting_biased_bases_gives_identical_keys_and_exact_block_size():
     assert aau.finished() and du._done
 
 
+def test_sifting_waits_for_answers_from_when_a_chunk_left_not_from_when_it_was_made():
+    """Block.awaiting_peer of the DU's sifting: unanswered chunks are owed since they were sent. A send waits while the
+    AAU is not connected (a DU with real detectors may start first), and that wait is not the AAU's silence."""
+    import time
+
+    du = SiftDu("sd", block_bits=1000, squash_seed=1)
+    du._emit = lambda port, msg: time.sleep(0.3) if msg.get("type") == "chunk" else None   # a send that waits
+    du.start()
+    assert du.awaiting_peer() is None
+    clicks = np.zeros(3, CLICK_DTYPE)
+    clicks["slot"], clicks["mask"] = [5, 9, 40], [1, 2, 4]
+    t0 = time.monotonic()
+    du.work({"clicks": Frame(0, 100, clicks, meta={"rate_hz": 1e9})})
+    since, what = du.awaiting_peer()
+    assert since >= t0 + 0.3 and what == "sift: 1 chunk(s) wait for the AAU's answers"
+
+
 def test_sifted_test_basis_errors_reach_estimation():
     aau, du, pair, _ = _sift_run(0.5, block_bits=4000, n_slots=1_000_000, flip=0.05)
     d = pair.keys("du")[0]
