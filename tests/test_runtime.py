@@ -237,7 +237,8 @@ def test_peer_timeout_must_be_a_positive_number(tmp_path):
         connections:
           - [s.out, n.in]
         """)
-    with pytest.raises(FlowgraphError, match=r"nodes\.aau\.peer_timeout_s.*must be a positive number of seconds, got 0"):
+    with pytest.raises(FlowgraphError,
+                       match=r"nodes\.aau\.peer_timeout_s.*must be a positive number of seconds, got 0"):
         load_flowgraph(path)
 
 
