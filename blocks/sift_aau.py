@@ -6,8 +6,8 @@ descriptor (frame meta ``prep``: counter-based generator or recorded file), so t
 clicks, not the slots. It answers ``sifted`` {match, cls of matched slots (two bits each), Alice's bits of matched
 test-basis (X) slots (packed)} and appends the matched slots to its FIFO. A chunk naming slots the preparation
 stream has not reached yet waits until it has (the DU cannot legitimately be ahead; a chunk beyond the end of the
-preparation stream stops the run). On ``cut`` it cuts its FIFO at ``last_slot``, checks the key/test counts against the DU's
-(a mismatch aborts the block at both ends) and the cut against ``block_bits``/``min_block_bits``, answers
+preparation stream stops the run). On ``cut`` it cuts its FIFO at ``last_slot``, checks the key/test counts against
+the DU's (a mismatch aborts the block at both ends) and the cut against ``block_bits``/``min_block_bits``, answers
 ``cut_ok`` with the source parameters (intensities, class probabilities, basis bias: public protocol parameters
 the DU needs for the decoy bounds) and hands Alice's key bits (key basis Z, slot order) to reconcile_aau with the
 block's public counts (n_x, n_z per intensity class).
