@@ -4,7 +4,8 @@ Baseline, measured in the same command: the physical layer alone (prep -> laser 
 null sink, same parameters, one process). Each configuration runs ``--runs`` times as ``qkdflow run ... --json``
 (whole-process wall time, including start-up); medians are reported, with the chain/baseline wall-time ratio,
 sifted bits/s, per-stage time per block (DU halves, from the key store's report: a block's latency from its arrival
-in the stage, queueing and waits for the peer included) and messages/round trips per block. Capacity: the CPU
+in the stage, queueing and waits for the peer included), messages/round trips per block and the classical traffic
+(``net_bytes_out`` of the stage halves) per sifted key bit. Capacity: the CPU
 time of each distillation stage half's thread (``cpu_s``: the runtime runs a thread per block) per committed block,
 summed per node: the node's distillation needs that much of one core per block, so with a core to itself it keeps
 up with block_bits / (CPU per block) sifted bits/s, and the two nodes together with (sum of both) per block on one
@@ -93,10 +94,12 @@ def main() -> None:
         walls["whole chain"].append(w)
         rep = s["nodes"]["du"]["store_d"]
         nb = max(1, rep["blocks_committed"])
+        net = {}   # bytes the distillation halves sent to the other node, by sending node
         for node, blocks in s["nodes"].items():
             for name, st in blocks.items():
                 if isinstance(st, dict) and "busy_s" in st and "cpu_s" in st:    # the distillation stage halves
                     cpu.setdefault(f"{node}:{name}", []).append(st["cpu_s"] / nb)
+                    net[node] = net.get(node, 0) + st.get("net_bytes_out", 0)
     med = {k: statistics.median(v) for k, v in walls.items()}
     print(f"slots {a.slots:.3g} in frames of {a.slots_per_frame:.3g}, block_bits {a.block_bits}, method {a.method}, runs {a.runs} (medians), "
           f"classical channel {'authenticated' if a.psk else 'not authenticated'}")
@@ -118,6 +121,9 @@ def main() -> None:
     both = sum(per_node.values())
     print(f"  both nodes: {both:.3f} CPU-s per block -> two cores keep up with {2 * a.block_bits / both:.3g} sifted "
           f"bit/s (one node per core: {a.block_bits / max(per_node.values()):.3g})")
+    sifted = max(1, rep["sifted_bits"])
+    print(f"  classical traffic per sifted key bit (last run): {sum(net.values()) / sifted:.2f} bytes ("
+          + ", ".join(f"from {n} {b / sifted:.2f}" for n, b in sorted(net.items())) + ")")
     print("  messages per block:", json.dumps(rep["messages_per_block"]))
     print("  round trips per block:", json.dumps(rep["round_trips_per_block"]))
 
