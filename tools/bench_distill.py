@@ -101,7 +101,8 @@ def main() -> None:
                     cpu.setdefault(f"{node}:{name}", []).append(st["cpu_s"] / nb)
                     net[node] = net.get(node, 0) + st.get("net_bytes_out", 0)
     med = {k: statistics.median(v) for k, v in walls.items()}
-    print(f"slots {a.slots:.3g} in frames of {a.slots_per_frame:.3g}, block_bits {a.block_bits}, method {a.method}, runs {a.runs} (medians), "
+    print(f"slots {a.slots:.3g} in frames of {a.slots_per_frame:.3g}, block_bits {a.block_bits}, method {a.method}, "
+          f"runs {a.runs} (medians), "
           f"classical channel {'authenticated' if a.psk else 'not authenticated'}")
     for k, v in walls.items():
         print(f"  {k:15s} wall {med[k]:7.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
