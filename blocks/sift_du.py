@@ -87,8 +87,8 @@ class SiftDu(BlockSizeMixin, Half):
         self._rng = np.random.default_rng(self.squash_seed)
         self._chunk_seq = 0
         self._reply_seq = 0
-        self._outstanding: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
-        self._sent_t: deque[float] = deque()  # when each outstanding chunk was sent (Block.awaiting_peer)
+        # chunks sent and not yet answered: (slots, basis, bit, when it was sent -- for Block.awaiting_peer)
+        self._outstanding: deque[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = deque()
         # FIFO of matched entries: slot, basis, bob bit, class, alice test bit
         self._fifo = {k: [] for k in ("slot", "basis", "bit", "cls", "abit")}
         self._fifo_key = 0
@@ -114,11 +114,11 @@ class SiftDu(BlockSizeMixin, Half):
             self.count("clicks", int(c.size))
             self.count("double_clicks", int(double.sum()))
             self.count("cross_basis_clicks", int(cross.sum()))
-            self._outstanding.append((slots, basis, bit))
             self._send_raw(envelope("sift", "chunk", "", 0, self._chunk_seq, **encode_slots(slots),
                                     bases=pack_bits(basis)))
-            # after the send: it waits while the AAU is not connected yet (a DU with real detectors may start first)
-            self._sent_t.append(time.monotonic())
+            # timed after the send: it waits while the AAU is not connected yet (a DU with real detectors may
+            # start first); its answer cannot arrive before this thread handles messages again
+            self._outstanding.append((slots, basis, bit, time.monotonic()))
             self._chunk_seq += 1
             self._chunks_since_cut += 1
         return {"sync": self.pass_sync(f)}
@@ -127,7 +127,7 @@ class SiftDu(BlockSizeMixin, Half):
         """Chunks sent and not yet answered: the AAU owes their answers (Block.awaiting_peer)."""
         if not self._outstanding:
             return None
-        return (max(self._peer_in_t, self._sent_t[0]),
+        return (max(self._peer_in_t, self._outstanding[0][3]),
                 f"sift: {len(self._outstanding)} chunk(s) wait for the AAU's answers")
 
     def end(self):
@@ -169,8 +169,7 @@ class SiftDu(BlockSizeMixin, Half):
         if seq != self._reply_seq or not self._outstanding:
             raise BlockError(f"sift: answer seq {seq} out of order (expected {self._reply_seq})")
         self._reply_seq += 1
-        slots, basis, bit = self._outstanding.popleft()
-        self._sent_t.popleft()
+        slots, basis, bit, _ = self._outstanding.popleft()
         try:
             match = unpack_bits(msg["match"], slots.size).astype(bool)
             idx = np.flatnonzero(match)       # indices once: cheaper than boolean-mask gathers (see sift_aau)

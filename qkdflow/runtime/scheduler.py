@@ -120,7 +120,8 @@ class PeerWait:
         self.active = bool(remote) and type(block).awaiting_peer is not Block.awaiting_peer
 
     def check(self) -> None:
-        w = self.block.awaiting_peer() if self.active else None
+        """Raise BlockError if the wait is over (call only when ``active``)."""
+        w = self.block.awaiting_peer()
         if w is None or time.monotonic() - w[0] <= self.timeout_s:
             return
         if any(s.poll(0, zmq.POLLIN) for s in self.socks):  # the answer is here, this thread was just busy
